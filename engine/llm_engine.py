@@ -1,0 +1,164 @@
+"""LLMEngine: the synchronous engine. add_request / step / abort; no threads, no I/O.
+
+`step()` is schedule -> run -> postprocess, and returns the text deltas the step produced.
+The trio actor (engine.async_engine) and the offline LLM API both drive this class.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from engine.config import EngineConfig
+from engine.model_loader import resolve_model
+from engine.model_runner import ModelRunner
+from engine.output_processor import OutputProcessor
+from engine.request import Request, RequestStatus
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler, SchedulerStats
+from streaming.delta import RequestDelta
+
+logger = logging.getLogger(__name__)
+
+
+class ContextLengthError(ValueError):
+    """The prompt plus the requested completion does not fit the model's context."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        self.config = config = config or EngineConfig()
+        files = resolve_model(config.model, config.cache_dir)
+        self.model_name = config.served_model_name or files.name
+        self.model_folder = files.folder
+        self.tokenizer = AutoTokenizer.from_pretrained(str(files.folder))
+        self.runner = ModelRunner(config, files.folder)
+        max_positions = self.runner.max_position_embeddings
+        self.max_model_len = min(
+            config.max_model_len or max_positions,
+            max_positions,
+            self.runner.num_blocks * config.block_size,
+        )
+        self.scheduler = Scheduler(config, self.runner.num_blocks, self.max_model_len)
+        self.outputs = OutputProcessor(self.tokenizer)
+        self.eos_token_id: int | None = self.tokenizer.eos_token_id
+        self._extra_eos_ids = self._generation_eos_ids() - {self.eos_token_id}
+        self.num_failed_steps = 0
+        self.last_error: str | None = None
+
+    def _generation_eos_ids(self) -> set[int]:
+        eos = getattr(self.runner.hf_config, "eos_token_id", None)
+        try:
+            from transformers import GenerationConfig
+
+            eos = GenerationConfig.from_pretrained(str(self.model_folder)).eos_token_id
+        except (OSError, ValueError):
+            pass
+        if eos is None:
+            return set()
+        return set(eos) if isinstance(eos, list) else {eos}
+
+    # ---- requests ---------------------------------------------------------------------------
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
+        """Check a request against the model; return its resolved max_tokens."""
+        num_prompt = len(prompt_token_ids)
+        if num_prompt == 0:
+            raise ValueError("the prompt must contain at least one token")
+        vocab = self.runner.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        limit = self.max_model_len
+        if num_prompt >= limit:
+            raise ContextLengthError(
+                f"This model's maximum context length is {limit} tokens. However, your prompt "
+                f"has {num_prompt} tokens, which leaves no room for a completion. Please reduce "
+                "the length of the prompt.",
+                param="prompt",
+            )
+        if params.max_tokens is None:
+            return limit - num_prompt
+        if num_prompt + params.max_tokens > limit:
+            raise ContextLengthError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{num_prompt + params.max_tokens} tokens ({num_prompt} in the prompt, "
+                f"{params.max_tokens} for the completion). Please reduce the prompt or max_tokens.",
+                param="max_tokens",
+            )
+        return params.max_tokens
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> None:
+        max_tokens = self.validate(prompt_token_ids, params)
+        if request_id in self.scheduler.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if self._extra_eos_ids and not params.ignore_eos:
+            params = params.clone(
+                stop_token_ids=[*params.stop_token_ids, *sorted(self._extra_eos_ids)]
+            )
+        request = Request(
+            request_id=request_id,
+            prompt_token_ids=list(prompt_token_ids),
+            sampling_params=params,
+            max_tokens=max_tokens,
+            eos_token_id=self.eos_token_id,
+            priority=priority,
+            arrival_time=time.monotonic() if arrival_time is None else arrival_time,
+        )
+        self.scheduler.add_request(request)
+
+    def _samples_of(self, group_ids: list[str]) -> list[str]:
+        wanted = set(group_ids)
+        return [rid for rid, r in self.scheduler.requests.items() if r.group_id in wanted]
+
+    def abort(self, request_ids: list[str]) -> list[RequestDelta]:
+        """Abort requests (by the id given to add_request: all their samples). Their blocks go
+        back to the pool at once."""
+        return self._finish(self._samples_of(request_ids), RequestStatus.FINISHED_ABORTED)
+
+    def fail(self, request_ids: list[str], message: str) -> list[RequestDelta]:
+        deltas = self._finish(self._samples_of(request_ids), RequestStatus.FINISHED_ERROR)
+        for delta in deltas:
+            delta.error = message
+        return deltas
+
+    def _finish(self, sample_ids: list[str], status: RequestStatus) -> list[RequestDelta]:
+        finished = self.scheduler.finish_requests(sample_ids, status)
+        return [self.outputs.finish(r) for r in finished]
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # ---- the step ---------------------------------------------------------------------------
+    def step(self) -> list[RequestDelta]:
+        sched = self.scheduler.schedule()
+        try:
+            result = self.runner.execute(sched)
+        except Exception as exc:  # a broken step fails its requests, not the engine
+            logger.exception("engine step failed")
+            self.num_failed_steps += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            ids = list({self.scheduler.requests[s.request_id].group_id for s in sched.scheduled})
+            return self.fail(ids, f"internal error while generating: {self.last_error}")
+        self.num_failed_steps = 0
+        updated, _ = self.scheduler.update_from_output(sched, result.sampled)
+        deltas, stopped = self.outputs.process(updated, result.logprobs)
+        if stopped:
+            self.scheduler.finish_requests(
+                [r.request_id for r in stopped], RequestStatus.FINISHED_STOPPED
+            )
+        return deltas
+
+    def stats(self) -> SchedulerStats:
+        return self.scheduler.stats()

@@ -1,0 +1,180 @@
+"""ModelRunner: owns the device, the weights and the KV cache; turns a SchedulerOutput into one
+forward pass over a flat token batch and samples the next tokens.
+
+It never schedules. Its only host sync per step is reading the sampled ids back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.attention import AttentionMetadata
+from engine.config import EngineConfig
+from engine.models import load_model
+from engine.sampler import Sampler, SamplingRow
+from engine.scheduler import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(slots=True)
+class RunnerOutput:
+    sampled: dict[str, int]  # sample id -> token id
+    logprobs: dict[str, tuple[float, list[tuple[int, float]]]] | None = None
+
+
+@dataclass(slots=True)
+class StepTimings:
+    """Cumulative seconds spent in each part of `execute` (for profiling)."""
+
+    prepare: float = 0.0
+    forward: float = 0.0
+    sample: float = 0.0
+    num_steps: int = 0
+    num_tokens: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, folder: Path) -> None:
+        self.config = config
+        self.device = torch.device(config.resolve_device())
+        self.dtype = _DTYPES[config.dtype]
+        self.backend = config.resolve_attention_backend(self.device.type)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        torch.manual_seed(config.seed)
+
+        self.model, self.hf_config = load_model(folder, self.dtype, self.device)
+        cfg = self.model.cfg
+        self.block_size = config.block_size
+        # Bytes of K+V per token per layer, and per block over all layers.
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        self.kv_bytes_per_token = 2 * cfg.num_kv_heads * cfg.head_dim * elem
+        block_bytes = self.kv_bytes_per_token * self.block_size * cfg.num_layers
+        if config.num_kv_blocks is not None:
+            self.num_blocks = config.num_kv_blocks
+        else:
+            self.num_blocks = max(1, int(config.kv_cache_memory_gib * (1 << 30)) // block_bytes)
+        shape = (self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(cfg.num_layers)
+        ]
+        self.sampler = Sampler()
+        self._generators: dict[str, torch.Generator] = {}
+        self.timings = StepTimings()
+        logger.info(
+            "model on %s (%s, attention: %s); KV cache: %d blocks of %d tokens (%.2f GiB)",
+            self.device,
+            config.dtype,
+            self.backend,
+            self.num_blocks,
+            self.block_size,
+            self.num_blocks * block_bytes / (1 << 30),
+        )
+
+    @property
+    def max_position_embeddings(self) -> int:
+        return self.model.cfg.max_position_embeddings
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.cfg.vocab_size
+
+    def _generator(self, sample_id: str, seed: int) -> torch.Generator:
+        gen = self._generators.get(sample_id)
+        if gen is None:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(seed)
+            self._generators[sample_id] = gen
+        return gen
+
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        for request_id in sched.finished_request_ids:
+            self._generators.pop(request_id, None)
+        if sched.blocks_to_copy:
+            self._copy_blocks(sched.blocks_to_copy)
+        if sched.is_empty:
+            return RunnerOutput({})
+
+        t0 = time.perf_counter()
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        q_lens: list[int] = []
+        seq_lens: list[int] = []
+        tables: list[list[int]] = []
+        logits_rows: list[int] = []
+        rows: list[SamplingRow] = []
+        row_ids: list[str] = []
+        for item in sched.scheduled:
+            n = len(item.token_ids)
+            start = item.start_pos
+            blocks = item.block_ids
+            input_ids.extend(item.token_ids)
+            positions.extend(range(start, start + n))
+            slots.extend(blocks[p // bs] * bs + p % bs for p in range(start, start + n))
+            q_lens.append(n)
+            seq_lens.append(start + n)
+            tables.append(blocks)
+            if item.sample_ids:
+                last_row = len(input_ids) - 1
+                params = item.sampling_params
+                for index, sample_id in enumerate(item.sample_ids):
+                    gen = None
+                    if params.seed is not None and not params.is_greedy:
+                        gen = self._generator(sample_id, params.seed + index)
+                    logits_rows.append(last_row)
+                    row_ids.append(sample_id)
+                    rows.append(
+                        SamplingRow(
+                            params, item.prompt_token_ids, item.output_token_ids, item.eos_token_id, gen
+                        )
+                    )
+        attn = AttentionMetadata.build(
+            q_lens, seq_lens, tables, slots, bs, self.kv_bytes_per_token, self.device, self.backend
+        )
+        ids_t = torch.tensor(input_ids, dtype=torch.int64).to(self.device, non_blocking=True)
+        pos_t = torch.tensor(positions, dtype=torch.int64).to(self.device, non_blocking=True)
+        t1 = time.perf_counter()
+
+        hidden = self.model(ids_t, pos_t, self.kv_caches, attn)
+        out = RunnerOutput({})
+        t2 = time.perf_counter()
+        if rows:
+            idx = torch.tensor(logits_rows, dtype=torch.int64).to(self.device, non_blocking=True)
+            logits = self.model.compute_logits(hidden.index_select(0, idx))
+            result = self.sampler(logits, rows)
+            out.sampled = dict(zip(row_ids, result.token_ids))
+            if any(lp is not None for lp in result.logprobs):
+                out.logprobs = {
+                    sid: lp for sid, lp in zip(row_ids, result.logprobs) if lp is not None
+                }
+        t3 = time.perf_counter()
+        timings = self.timings
+        timings.prepare += t1 - t0
+        timings.forward += t2 - t1
+        timings.sample += t3 - t2
+        timings.num_steps += 1
+        timings.num_tokens += len(input_ids)
+        return out
+
+    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        src = torch.tensor([s for s, _ in copies], device=self.device)
+        dst = torch.tensor([d for _, d in copies], device=self.device)
+        for k_cache, v_cache in self.kv_caches:
+            k_cache[dst] = k_cache[src]
+            v_cache[dst] = v_cache[src]

@@ -1,0 +1,319 @@
+"""The counter-based continuous-batching scheduler.
+
+There is no prefill or decode phase. Each request has `num_computed_tokens` and `num_tokens`;
+each step the scheduler lets the computed count of as many requests as it can catch up toward
+the total under a token budget (`max_num_batched_tokens`) and `max_num_seqs`. Running requests
+go first (mostly one decode token each, or the next chunk of a long prompt), then waiting ones
+(prompt chunks, resumed preemptions), in priority order. When the KV pool runs dry the
+lowest-priority, latest request is preempted: its blocks go back to the pool (they stay in the
+prefix cache) and it is recomputed later.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from engine.config import EngineConfig
+from engine.kv_cache_manager import KVCacheManager
+from engine.request import Request, RequestStatus, sample_request_id
+from engine.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class ScheduledRequest:
+    """One request's share of a step: which tokens to compute and where their KV goes."""
+
+    request_id: str
+    token_ids: list[int]  # the tokens computed this step
+    start_pos: int  # position of token_ids[0] (= num_computed_tokens before the step)
+    block_ids: list[int]
+    # Sequences that get a sampled token from this request's last position: empty while a
+    # prompt is still being chunked; [request_id] normally; n ids when an n>1 request forks.
+    sample_ids: list[str]
+    sampling_params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]
+    eos_token_id: int | None
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    num_scheduled_tokens: int = 0
+    # (source block, destination block) copies to make before the step (copy-on-write).
+    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)
+    # Requests that ended since the previous step; the runner drops their state.
+    finished_request_ids: list[str] = field(default_factory=list)
+    preempted_request_ids: list[str] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_free_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, num_blocks: int, max_model_len: int) -> None:
+        self.config = config
+        self.max_model_len = max_model_len
+        self.block_size = config.block_size
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.requests: dict[str, Request] = {}
+        self.running: list[Request] = []
+        # Heap of (priority, arrival_time, seq, request); aborted entries are skipped lazily.
+        self._waiting: list[tuple[int, float, int, Request]] = []
+        self._num_waiting = 0
+        self._seq = itertools.count()
+        self._finished_ids: list[str] = []
+        self.num_preemptions = 0
+
+    # ---- queue management ------------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        assert request.request_id not in self.requests, f"duplicate id {request.request_id}"
+        self.requests[request.request_id] = request
+        self._push_waiting(request)
+
+    def _push_waiting(self, request: Request) -> None:
+        heapq.heappush(
+            self._waiting, (request.priority, request.arrival_time, next(self._seq), request)
+        )
+        self._num_waiting += 1
+
+    def _peek_waiting(self) -> Request | None:
+        while self._waiting:
+            request = self._waiting[0][3]
+            if request.status in (RequestStatus.WAITING, RequestStatus.PREEMPTED):
+                return request
+            heapq.heappop(self._waiting)  # finished (aborted) while waiting
+        return None
+
+    def _pop_waiting(self) -> Request:
+        request = heapq.heappop(self._waiting)[3]
+        self._num_waiting -= 1
+        return request
+
+    @property
+    def num_waiting(self) -> int:
+        return self._num_waiting
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def finish_requests(self, request_ids: list[str], status: RequestStatus) -> list[Request]:
+        """End requests early (abort, stop string, error); unknown or finished ids are ignored."""
+        assert status.is_finished
+        finished = []
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            else:
+                self._num_waiting -= 1
+            request.status = status
+            self._free(request)
+            finished.append(request)
+        return finished
+
+    def _free(self, request: Request) -> None:
+        self.kv.free(request)
+        del self.requests[request.request_id]
+        self._finished_ids.append(request.request_id)
+
+    # ---- scheduling ------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        out = SchedulerOutput()
+        scheduled_ids: set[str] = set()
+        has_preempted = False
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0:
+                i += 1
+                continue
+            while not self.kv.allocate_slots(request, num_new):
+                victim = max(self.running, key=lambda r: (r.priority, r.arrival_time))
+                has_preempted = True
+                if victim.request_id in scheduled_ids:
+                    budget += self._unschedule(out, victim.request_id)
+                    scheduled_ids.discard(victim.request_id)
+                victim_index = self.running.index(victim)
+                self._preempt(victim)
+                out.preempted_request_ids.append(victim.request_id)
+                if victim_index < i:
+                    i -= 1
+                if victim is request:
+                    break
+            else:
+                self._add_scheduled(out, request, num_new)
+                scheduled_ids.add(request.request_id)
+                budget -= num_new
+                i += 1
+                continue
+            break  # the request preempted itself: nothing after it can run either
+
+        if not has_preempted:
+            budget = self._schedule_waiting(out, budget)
+
+        out.num_scheduled_tokens = self.config.max_num_batched_tokens - budget
+        out.blocks_to_copy = self.kv.take_pending_copies()
+        out.finished_request_ids = self._finished_ids
+        self._finished_ids = []
+        return out
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
+        max_num_seqs = self.config.max_num_seqs
+        while budget > 0:
+            request = self._peek_waiting()
+            if request is None:
+                break
+            n = request.sampling_params.n if request.needs_fork else 1
+            if len(self.running) + n > max_num_seqs and self.running:
+                break
+            computed_blocks, num_cached = self.kv.get_computed_blocks(request)
+            num_new = min(request.num_tokens - num_cached, budget)
+            if not self.kv.allocate_slots(request, num_new, computed_blocks):
+                break
+            self._pop_waiting()
+            self.kv.record_prefix_lookup(request.num_tokens, num_cached)
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = num_cached
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.monotonic()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            self._add_scheduled(out, request, num_new)
+            budget -= num_new
+        return budget
+
+    def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
+        start = request.num_computed_tokens
+        is_last_chunk = start + num_new == request.num_tokens
+        if not is_last_chunk:
+            sample_ids = []
+        elif request.needs_fork:
+            sample_ids = [
+                sample_request_id(request.group_id, i) for i in range(request.sampling_params.n)
+            ]
+        else:
+            sample_ids = [request.request_id]
+        out.scheduled.append(
+            ScheduledRequest(
+                request_id=request.request_id,
+                token_ids=request.all_token_ids[start : start + num_new],
+                start_pos=start,
+                block_ids=request.block_ids,
+                sample_ids=sample_ids,
+                sampling_params=request.sampling_params,
+                prompt_token_ids=request.prompt_token_ids,
+                output_token_ids=request.output_token_ids,
+                eos_token_id=request.eos_token_id,
+            )
+        )
+
+    def _unschedule(self, out: SchedulerOutput, request_id: str) -> int:
+        for j, item in enumerate(out.scheduled):
+            if item.request_id == request_id:
+                del out.scheduled[j]
+                return len(item.token_ids)
+        raise AssertionError(f"{request_id} was not scheduled")
+
+    def _preempt(self, request: Request) -> None:
+        self.running.remove(request)
+        self.kv.free(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self._push_waiting(request)
+
+    # ---- after the step --------------------------------------------------------------------
+    def update_from_output(
+        self, out: SchedulerOutput, sampled: dict[str, int]
+    ) -> tuple[list[Request], list[Request]]:
+        """Advance counters, append sampled tokens, fork n>1 requests and finish the ones that
+        hit a stop condition. Returns (requests that got a token, requests that finished)."""
+        updated: list[Request] = []
+        finished: list[Request] = []
+        for item in out.scheduled:
+            request = self.requests.get(item.request_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue  # finished or preempted meanwhile
+            request.num_computed_tokens += len(item.token_ids)
+            if not item.sample_ids:
+                continue
+            samples = [request]
+            if len(item.sample_ids) > 1:
+                samples += self._fork(request, item.sample_ids[1:])
+            for sample in samples:
+                token = sampled[sample.request_id]
+                sample.append_output_token(token)
+                if sample.first_token_time is None:
+                    sample.first_token_time = time.monotonic()
+                updated.append(sample)
+                status = self._check_stop(sample, token)
+                if status is not None:
+                    self.running.remove(sample)
+                    sample.status = status
+                    self._free(sample)
+                    finished.append(sample)
+        return updated, finished
+
+    def _fork(self, parent: Request, child_ids: list[str]) -> list[Request]:
+        children = []
+        position = self.running.index(parent) + 1
+        for index, child_id in enumerate(child_ids, start=1):
+            child = parent.fork(child_id, index)
+            self.kv.fork(parent, child)
+            self.requests[child_id] = child
+            self.running.insert(position, child)
+            position += 1
+            children.append(child)
+        return children
+
+    def _check_stop(self, request: Request, token: int) -> RequestStatus | None:
+        params = request.sampling_params
+        if request.num_output_tokens >= params.min_tokens:
+            if token == request.eos_token_id and not params.ignore_eos:
+                request.stop_reason = None
+                return RequestStatus.FINISHED_STOPPED
+            if token in params.stop_token_ids:
+                request.stop_reason = token
+                return RequestStatus.FINISHED_STOPPED
+        if request.num_output_tokens >= request.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_running=len(self.running),
+            num_waiting=self._num_waiting,
+            kv_cache_usage=self.kv.usage,
+            num_free_blocks=self.kv.num_free_blocks,
+            prefix_cache_queries=self.kv.stats.num_queried_tokens,
+            prefix_cache_hits=self.kv.stats.num_hit_tokens,
+            num_preemptions=self.num_preemptions,
+        )

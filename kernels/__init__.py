@@ -1,0 +1,63 @@
+"""Attention and KV-cache kernels.
+
+`paged_attention` and `write_kv_cache` take a `backend`: "torch" (the reference in
+`kernels.reference`, used on the CPU and as ground truth) or "triton" (CUDA, or the CPU under
+TRITON_INTERPRET=1). The caller picks the backend once, at engine start; nothing here looks at
+the hardware at import time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import reference
+from kernels.reference import AttentionPlan, build_plan
+
+BACKENDS = ("torch", "triton")
+
+__all__ = ["BACKENDS", "AttentionPlan", "build_plan", "paged_attention", "write_kv_cache"]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    *,
+    backend: str = "torch",
+    plan: AttentionPlan | None = None,
+) -> torch.Tensor:
+    """Causal paged attention over a flat varlen batch; see `kernels.reference` for the layout."""
+    if backend == "torch":
+        return reference.paged_attention(
+            q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, plan=plan
+        )
+    if backend == "triton":
+        from kernels import triton_attention
+
+        return triton_attention.paged_attention(
+            q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale
+        )
+    raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
+
+
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    *,
+    backend: str = "torch",
+) -> None:
+    """Write new K/V [T, KVH, D] into the paged caches at `slot_mapping` (-1 = padding, skipped)."""
+    if backend == "torch":
+        return reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    if backend == "triton":
+        from kernels import triton_cache
+
+        return triton_cache.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+    raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")
