@@ -54,6 +54,7 @@ class OutputProcessor:
         stopped: list[Request] = []
         for request in updated:
             state = self._state(request)
+            is_first = state.num_sent_tokens == 0
             new_ids = request.output_token_ids[state.num_sent_tokens :]
             state.num_sent_tokens = request.num_output_tokens
             params = request.sampling_params
@@ -64,6 +65,8 @@ class OutputProcessor:
             if request.is_finished:
                 text += state.detokenizer.flush()
             delta = self._delta(request, state.stop.feed(text), new_ids)
+            if is_first and request.index == 0 and request.first_scheduled_time is not None:
+                delta.queue_time_s = request.first_scheduled_time - request.arrival_time
             if logprobs is not None and params.logprobs is not None:
                 entry = logprobs.get(request.request_id)
                 if entry is not None:

@@ -29,6 +29,7 @@ class RequestDelta:
     num_prompt_tokens: int = 0
     num_output_tokens: int = 0  # cumulative for this sample
     num_cached_tokens: int = 0  # prompt tokens served by the prefix cache
+    queue_time_s: float | None = None  # on the first delta: arrival to first scheduled
 
     @property
     def is_finished(self) -> bool:
@@ -48,3 +49,5 @@ class RequestDelta:
         self.num_prompt_tokens = later.num_prompt_tokens
         self.num_output_tokens = later.num_output_tokens
         self.num_cached_tokens = later.num_cached_tokens
+        if self.queue_time_s is None:
+            self.queue_time_s = later.queue_time_s
