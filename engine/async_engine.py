@@ -15,6 +15,7 @@ between steps. When there is nothing to do the task blocks on its inbox: it neve
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -170,10 +171,9 @@ class AsyncEngine:
                     command.request_id, command.prompt_token_ids, command.params, command.priority
                 )
             except ValueError as exc:  # raced with a limit; tell the caller
+                message = str(exc)
                 self._tracked.pop(command.request_id, None)
-                command.stream.finish_nowait(
-                    lambda i: _error_delta(command.request_id, i, str(exc))
-                )
+                command.stream.finish_nowait(lambda i: _error_delta(command.request_id, i, message))
                 return True
             self._num_waiting += 1
         elif isinstance(command, _Abort):
@@ -271,7 +271,9 @@ class AsyncEngine:
         self._tracked[request_id] = _Tracked(stream, stream.arrival_time)
         self._num_queued_adds += 1
         try:
-            await self._send.send(_Add(request_id, list(prompt_token_ids), params, priority, stream))
+            await self._send.send(
+                _Add(request_id, list(prompt_token_ids), params, priority, stream)
+            )
         except trio.BrokenResourceError:
             self._num_queued_adds -= 1
             self._tracked.pop(request_id, None)
@@ -286,18 +288,15 @@ class AsyncEngine:
         """Abort a request (all its samples); its KV blocks return to the pool between steps."""
         if self._stopped or self._dead_reason is not None:
             return
-        try:
+        # If the engine stopped meanwhile, it released everything on the way out.
+        with contextlib.suppress(trio.BrokenResourceError):
             await self._send.send(_Abort(request_id))
-        except trio.BrokenResourceError:
-            pass  # the engine stopped; it released everything on the way out
 
     async def shutdown(self) -> None:
         """Stop the actor after the current step; unfinished requests end with an error."""
         if not self._stopped:
-            try:
+            with contextlib.suppress(trio.BrokenResourceError):
                 await self._send.send(_Shutdown())
-            except trio.BrokenResourceError:
-                pass
 
     def _check_serving(self) -> None:
         if self._dead_reason is not None:
@@ -315,4 +314,6 @@ class AsyncEngine:
 def _error_delta(
     request_id: str, index: int, message: str, finish_reason: str = "error"
 ) -> RequestDelta:
-    return RequestDelta(request_id=request_id, index=index, finish_reason=finish_reason, error=message)
+    return RequestDelta(
+        request_id=request_id, index=index, finish_reason=finish_reason, error=message
+    )

@@ -53,7 +53,9 @@ class AttentionMetadata:
             backend=backend,
         )
         if backend == "torch":
-            meta.plan = AttentionPlan(q_lens, seq_lens, tables.to(device), block_size, kv_bytes_per_token)
+            meta.plan = AttentionPlan(
+                q_lens, seq_lens, tables.to(device), block_size, kv_bytes_per_token
+            )
         if device.type != "cpu":
             meta.slot_mapping = meta.slot_mapping.to(device, non_blocking=True)
             meta.block_tables = meta.block_tables.to(device, non_blocking=True)

@@ -78,7 +78,9 @@ class KVCacheManager:
         hits: list[KVBlock] = []
         for i in range(max_blocks):
             parent = hashes[i - 1] if i else None
-            block = self.pool.get_cached_block(hashes[i], parent, tuple(tokens[i * bs : (i + 1) * bs]))
+            block = self.pool.get_cached_block(
+                hashes[i], parent, tuple(tokens[i * bs : (i + 1) * bs])
+            )
             if block is None:
                 break
             hits.append(block)
@@ -162,7 +164,9 @@ class KVCacheManager:
         tokens = request.all_token_ids
         for i in range(start, num_full):
             parent = hashes[i - 1] if i else None
-            self.pool.cache_block(blocks[i], hashes[i], parent, tuple(tokens[i * bs : (i + 1) * bs]))
+            self.pool.cache_block(
+                blocks[i], hashes[i], parent, tuple(tokens[i * bs : (i + 1) * bs])
+            )
         self._num_cached_blocks[request.request_id] = num_full
 
     def fork(self, parent: Request, child: Request) -> None:

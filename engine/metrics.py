@@ -17,12 +17,74 @@ from prometheus_client import (
 
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
-_TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0)
-_ITL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
-                2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-_E2E_BUCKETS = (0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
-                50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+_TTFT_BUCKETS = (
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+)
+_ITL_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+_E2E_BUCKETS = (
+    0.1,
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 
 
 class EngineMetrics:
@@ -43,7 +105,9 @@ class EngineMetrics:
             )
 
         self.num_requests_running = gauge("num_requests_running", "Requests in the running batch.")
-        self.num_requests_waiting = gauge("num_requests_waiting", "Requests waiting to be scheduled.")
+        self.num_requests_waiting = gauge(
+            "num_requests_waiting", "Requests waiting to be scheduled."
+        )
         self.kv_cache_usage_perc = gauge(
             "kv_cache_usage_perc", "Fraction of KV-cache blocks held by requests (0 to 1)."
         )
@@ -56,7 +120,9 @@ class EngineMetrics:
         self.prefix_cache_hits = counter(
             "prefix_cache_hits", "Prompt tokens found in the prefix cache."
         )
-        self.num_preemptions = counter("num_preemptions", "Requests preempted for lack of KV blocks.")
+        self.num_preemptions = counter(
+            "num_preemptions", "Requests preempted for lack of KV blocks."
+        )
         self._success = Counter(
             "triode:request_success",
             "Finished requests by finish reason.",
@@ -74,7 +140,9 @@ class EngineMetrics:
             "e2e_request_latency_seconds", "Time from arrival to the last token.", _E2E_BUCKETS
         )
         self.request_queue_time = histogram(
-            "request_queue_time_seconds", "Time from arrival to first being scheduled.", _E2E_BUCKETS
+            "request_queue_time_seconds",
+            "Time from arrival to first being scheduled.",
+            _E2E_BUCKETS,
         )
         self._last_queries = 0
         self._last_hits = 0

@@ -141,7 +141,11 @@ class ModelRunner:
                     row_ids.append(sample_id)
                     rows.append(
                         SamplingRow(
-                            params, item.prompt_token_ids, item.output_token_ids, item.eos_token_id, gen
+                            params,
+                            item.prompt_token_ids,
+                            item.output_token_ids,
+                            item.eos_token_id,
+                            gen,
                         )
                     )
         attn = AttentionMetadata.build(

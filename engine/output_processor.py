@@ -60,7 +60,11 @@ class OutputProcessor:
             params = request.sampling_params
             # A closing eos / stop token adds no text unless stop strings are to be included.
             ended_by_token = request.status == RequestStatus.FINISHED_STOPPED
-            text_ids = new_ids[:-1] if ended_by_token and not params.include_stop_str_in_output else new_ids
+            text_ids = (
+                new_ids[:-1]
+                if ended_by_token and not params.include_stop_str_in_output
+                else new_ids
+            )
             text = state.detokenizer.add_tokens(text_ids) if text_ids else ""
             if request.is_finished:
                 text += state.detokenizer.flush()

@@ -18,6 +18,7 @@ time with a causal mask offset by their cached context.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +95,9 @@ class AttentionPlan:
                 self.prefills.append(_PrefillSeq(start, start + q_len, ctx, tables[s, :nb], mask))
             start += q_len
         if decode_seqs:
-            self._plan_decode(decode_seqs, token_starts, seq_lens, tables, block_size, kv_bytes_per_token)
+            self._plan_decode(
+                decode_seqs, token_starts, seq_lens, tables, block_size, kv_bytes_per_token
+            )
 
     def _plan_decode(
         self,
@@ -136,10 +139,13 @@ class AttentionPlan:
 
 
 def build_plan(
-    cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor, k_cache: torch.Tensor
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    k_cache: torch.Tensor,
 ) -> AttentionPlan:
     cu = cu_seqlens_q.tolist()
-    q_lens = [b - a for a, b in zip(cu[:-1], cu[1:])]
+    q_lens = [b - a for a, b in itertools.pairwise(cu)]
     block_size, kvh, d = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
     return AttentionPlan(
         q_lens, seq_lens.tolist(), block_tables, block_size, 2 * kvh * d * k_cache.element_size()
@@ -159,7 +165,7 @@ def paged_attention(
     """Causal attention of each sequence's new tokens over its whole paged context: [T, H, D]."""
     if plan is None:
         plan = build_plan(cu_seqlens_q, seq_lens, block_tables, k_cache)
-    num_tokens, num_heads, head_dim = q.shape
+    num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
@@ -175,7 +181,11 @@ def paged_attention(
             qg = q.index_select(0, g.token_index)
         # One query token: the `group` query heads of a KV head act as its query rows.
         o = F.scaled_dot_product_attention(
-            qg.view(n, num_kv_heads, group, head_dim).to(k.dtype), k, v, attn_mask=g.mask, scale=scale
+            qg.view(n, num_kv_heads, group, head_dim).to(k.dtype),
+            k,
+            v,
+            attn_mask=g.mask,
+            scale=scale,
         )
         o = o.reshape(n, num_heads, head_dim).to(out.dtype)
         if g.is_contiguous:
@@ -210,7 +220,7 @@ def naive_paged_attention(
     scale: float,
 ) -> torch.Tensor:
     """The definition, written as plainly as possible (float64 maths); for tests only."""
-    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_heads = q.shape[1]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
     out = torch.zeros_like(q)

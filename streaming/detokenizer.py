@@ -27,7 +27,9 @@ class TokenDecoder:
         if backend is not None and hasattr(backend, "decode") and not cleanup:
             self._decode = lambda ids: backend.decode(ids, skip_special_tokens=skip_special_tokens)
         else:
-            self._decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+            self._decode = lambda ids: tokenizer.decode(
+                ids, skip_special_tokens=skip_special_tokens
+            )
 
     def __call__(self, ids: list[int]) -> str:
         return self._decode(ids)

@@ -103,7 +103,9 @@ def test_hash_collision_is_caught_by_token_verification():
 
 def test_chained_hash_depends_on_the_parent():
     tokens = (5, 6, 7, 8)
-    assert hash_block_tokens(None, tokens) != hash_block_tokens(hash_block_tokens(None, (1,)), tokens)
+    assert hash_block_tokens(None, tokens) != hash_block_tokens(
+        hash_block_tokens(None, (1,)), tokens
+    )
 
 
 def test_freed_cached_blocks_are_evicted_in_lru_order():
