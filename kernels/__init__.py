@@ -4,6 +4,10 @@
 `kernels.reference`, used on the CPU and as ground truth) or "triton" (CUDA, or the CPU under
 TRITON_INTERPRET=1). The caller picks the backend once, at engine start; nothing here looks at
 the hardware at import time.
+
+Modules: `reference` (torch), `triton_attention` and `triton_cache` (the Triton kernels, imported
+lazily so that importing `kernels` never imports Triton), `compile_check` (compile them for a GPU
+target on any machine) and `bench` (GPU timings against the reference).
 """
 
 from __future__ import annotations
