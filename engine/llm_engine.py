@@ -51,6 +51,8 @@ class LLMEngine:
         self._extra_eos_ids = self._generation_eos_ids() - {self.eos_token_id}
         self.num_failed_steps = 0
         self.last_error: str | None = None
+        # Cumulative seconds per phase of `step` outside the runner (for profiling).
+        self.step_timings: dict[str, float] = {}
 
     def _generation_eos_ids(self) -> set[int]:
         eos = getattr(self.runner.hf_config, "eos_token_id", None)
@@ -142,7 +144,9 @@ class LLMEngine:
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
+        t0 = time.perf_counter()
         sched = self.scheduler.schedule()
+        t1 = time.perf_counter()
         try:
             result = self.runner.execute(sched)
         except Exception as exc:  # a broken step fails its requests, not the engine
@@ -152,12 +156,19 @@ class LLMEngine:
             ids = list({self.scheduler.requests[s.request_id].group_id for s in sched.scheduled})
             return self.fail(ids, f"internal error while generating: {self.last_error}")
         self.num_failed_steps = 0
+        t2 = time.perf_counter()
         updated, _ = self.scheduler.update_from_output(sched, result.sampled)
+        t3 = time.perf_counter()
         deltas, stopped = self.outputs.process(updated, result.logprobs)
         if stopped:
             self.scheduler.finish_requests(
                 [r.request_id for r in stopped], RequestStatus.FINISHED_STOPPED
             )
+        t4 = time.perf_counter()
+        timings = self.step_timings
+        timings["schedule"] = timings.get("schedule", 0.0) + (t1 - t0)
+        timings["update"] = timings.get("update", 0.0) + (t3 - t2)
+        timings["output"] = timings.get("output", 0.0) + (t4 - t3)
         return deltas
 
     def stats(self) -> SchedulerStats:
