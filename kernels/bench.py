@@ -126,10 +126,10 @@ def bench_attention(shape: Shape, args: argparse.Namespace, peak: float | None) 
     expected = reference.paged_attention(*inputs, plan=plan)
     err = (out.float() - expected.float()).abs().max().item()
     t_ms = triton.testing.do_bench(
-        lambda: triton_attention.paged_attention(*inputs), rep=args.rep_ms
+        lambda: triton_attention.paged_attention(*inputs), rep=args.rep_ms, return_mode="median"
     )
     r_ms = triton.testing.do_bench(
-        lambda: reference.paged_attention(*inputs, plan=plan), rep=args.rep_ms
+        lambda: reference.paged_attention(*inputs, plan=plan), rep=args.rep_ms, return_mode="median"
     )
     nbytes, flops = attention_cost(shape, args, q.element_size())
     return _result("paged_attention", shape.name, t_ms, r_ms, nbytes, flops, peak, err)
@@ -153,10 +153,14 @@ def bench_cache_write(num_tokens: int, args: argparse.Namespace, peak: float | N
     reference.write_kv_cache(key, value, k_ref, v_ref, slots)
     err = max((k_cache - k_ref).abs().max().item(), (v_cache - v_ref).abs().max().item())
     t_ms = triton.testing.do_bench(
-        lambda: triton_cache.write_kv_cache(key, value, k_cache, v_cache, slots), rep=args.rep_ms
+        lambda: triton_cache.write_kv_cache(key, value, k_cache, v_cache, slots),
+        rep=args.rep_ms,
+        return_mode="median",
     )
     r_ms = triton.testing.do_bench(
-        lambda: reference.write_kv_cache(key, value, k_cache, v_cache, slots), rep=args.rep_ms
+        lambda: reference.write_kv_cache(key, value, k_cache, v_cache, slots),
+        rep=args.rep_ms,
+        return_mode="median",
     )
     nbytes = 2 * 2 * key.numel() * key.element_size() + slots.numel() * 8  # read + write K and V
     return _result("write_kv_cache", f"{num_tokens} tokens", t_ms, r_ms, nbytes, 0, peak, err)
