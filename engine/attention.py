@@ -1,7 +1,7 @@
 """AttentionMetadata: everything a layer needs to read and write the paged KV cache this step.
 
 The model runner builds one per step and passes it explicitly to every layer (no global
-context). The torch backend's work plan is built once here, not once per layer.
+context). The CPU backends' work plan is built once here, not once per layer.
 """
 
 from __future__ import annotations
@@ -52,9 +52,14 @@ class AttentionMetadata:
             max_q_len=max(q_lens),
             backend=backend,
         )
-        if backend == "torch":
+        if backend in ("torch", "cpu"):
             meta.plan = AttentionPlan(
-                q_lens, seq_lens, tables.to(device), block_size, kv_bytes_per_token
+                q_lens,
+                seq_lens,
+                tables.to(device),
+                block_size,
+                kv_bytes_per_token,
+                fused_decode=backend == "cpu",
             )
         if device.type != "cpu":
             meta.slot_mapping = meta.slot_mapping.to(device, non_blocking=True)

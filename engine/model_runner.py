@@ -16,6 +16,7 @@ import torch
 from engine.attention import AttentionMetadata
 from engine.config import EngineConfig
 from engine.models import load_model
+from engine.models.linear import resolve_cpu_linear
 from engine.sampler import Sampler, SamplingRow
 from engine.scheduler import SchedulerOutput
 
@@ -53,6 +54,7 @@ class ModelRunner:
         torch.manual_seed(config.seed)
 
         self.model, self.hf_config = load_model(folder, self.dtype, self.device)
+        self.model.use_onednn(resolve_cpu_linear(config.cpu_linear, self.device, self.dtype))
         cfg = self.model.cfg
         self.block_size = config.block_size
         # Bytes of K+V per token per layer, and per block over all layers.
@@ -75,10 +77,12 @@ class ModelRunner:
         self._generators: dict[str, torch.Generator] = {}
         self.timings = StepTimings()
         logger.info(
-            "model on %s (%s, attention: %s); KV cache: %d blocks of %d tokens (%.2f GiB)",
+            "model on %s (%s, attention: %s, oneDNN linears: %s); KV cache: %d blocks of %d "
+            "tokens (%.2f GiB)",
             self.device,
             config.dtype,
             self.backend,
+            self.model.onednn,
             self.num_blocks,
             self.block_size,
             self.num_blocks * block_bytes / (1 << 30),

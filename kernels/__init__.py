@@ -1,8 +1,9 @@
 """Attention and KV-cache kernels.
 
 `paged_attention` and `write_kv_cache` take a `backend`: "torch" (the reference in
-`kernels.reference`, used on the CPU and as ground truth) or "triton" (CUDA, or the CPU under
-TRITON_INTERPRET=1). The caller picks the backend once, at engine start; nothing here looks at
+`kernels.reference`, the ground truth and the portable CPU path), "cpu" (the torch reference
+with decode tokens handled by a small C kernel compiled on first use, `kernels.cpu_decode`; the
+default on CPUs with a C compiler) or "triton" (CUDA, or the CPU under TRITON_INTERPRET=1). The caller picks the backend once, at engine start; nothing here looks at
 the hardware at import time.
 
 Modules: `reference` (torch), `triton_attention` and `triton_cache` (the Triton kernels, imported
@@ -17,7 +18,7 @@ import torch
 from kernels import reference
 from kernels.reference import AttentionPlan, build_plan
 
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", "cpu", "triton")
 
 __all__ = ["BACKENDS", "AttentionPlan", "build_plan", "paged_attention", "write_kv_cache"]
 
@@ -39,6 +40,12 @@ def paged_attention(
         return reference.paged_attention(
             q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, plan=plan
         )
+    if backend == "cpu":
+        from kernels import cpu_decode
+
+        return cpu_decode.paged_attention(
+            q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, plan=plan
+        )
     if backend == "triton":
         from kernels import triton_attention
 
@@ -58,7 +65,7 @@ def write_kv_cache(
     backend: str = "torch",
 ) -> None:
     """Write new K/V [T, KVH, D] into the paged caches at `slot_mapping` (-1 = padding, skipped)."""
-    if backend == "torch":
+    if backend in ("torch", "cpu"):
         return reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
     if backend == "triton":
         from kernels import triton_cache

@@ -73,12 +73,16 @@ class AttentionPlan:
         block_tables: torch.Tensor,
         block_size: int,
         kv_bytes_per_token: int,
+        fused_decode: bool = False,
     ) -> None:
         device = block_tables.device
         tables = block_tables.long()
         self.num_tokens = sum(q_lens)
         self.decode_groups: list[_DecodeGroup] = []
         self.prefills: list[_PrefillSeq] = []
+        # For a fused decode kernel (kernels.cpu_decode): every one-token sequence at once.
+        self.decode_token_index: torch.Tensor | None = None
+        self.decode_seq_index: torch.Tensor | None = None
         decode_seqs: list[int] = []
         token_starts: list[int] = []
         start = 0
@@ -94,7 +98,10 @@ class AttentionPlan:
                     mask = torch.arange(ctx, device=device)[None, :] <= pos_q[:, None]
                 self.prefills.append(_PrefillSeq(start, start + q_len, ctx, tables[s, :nb], mask))
             start += q_len
-        if decode_seqs:
+        if decode_seqs and fused_decode:
+            self.decode_token_index = torch.tensor([token_starts[s] for s in decode_seqs])
+            self.decode_seq_index = torch.tensor(decode_seqs)
+        elif decode_seqs:
             self._plan_decode(
                 decode_seqs, token_starts, seq_lens, tables, block_size, kv_bytes_per_token
             )
@@ -165,11 +172,23 @@ def paged_attention(
     """Causal attention of each sequence's new tokens over its whole paged context: [T, H, D]."""
     if plan is None:
         plan = build_plan(cu_seqlens_q, seq_lens, block_tables, k_cache)
+    out = torch.empty_like(q)
+    _decode_groups_attention(out, q, k_cache, v_cache, plan, scale)
+    prefill_attention(out, q, k_cache, v_cache, plan, scale)
+    return out
+
+
+def _decode_groups_attention(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    plan: AttentionPlan,
+    scale: float,
+) -> None:
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
-    out = torch.empty_like(q)
-
     for g in plan.decode_groups:
         n, nb = g.block_table.shape
         length = nb * k_cache.shape[1]
@@ -193,6 +212,19 @@ def paged_attention(
         else:
             out.index_copy_(0, g.token_index, o)
 
+
+def prefill_attention(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    plan: AttentionPlan,
+    scale: float,
+) -> None:
+    """Attention of the plan's multi-token sequences (prompt chunks), one at a time."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    group = num_heads // num_kv_heads
     for p in plan.prefills:
         k = k_cache[p.block_ids].view(-1, num_kv_heads, head_dim)[: p.context_len].transpose(0, 1)
         v = v_cache[p.block_ids].view(-1, num_kv_heads, head_dim)[: p.context_len].transpose(0, 1)
@@ -207,7 +239,6 @@ def paged_attention(
             enable_gqa=group > 1,
         )
         out[p.token_start : p.token_end] = o.transpose(0, 1).to(out.dtype)
-    return out
 
 
 def naive_paged_attention(

@@ -1,0 +1,169 @@
+"""The CPU decode kernel (kernels/cpu/paged_decode.c): built with the system C compiler on first
+use, cached, and called through ctypes.
+
+Backend "cpu" = this kernel for one-token (decode) sequences, which read the paged cache in
+place, plus the torch reference for prompt chunks (where attention is compute-bound and
+torch's flash attention does well). Without a C compiler, `is_available()` is False and the
+engine keeps the pure-torch backend. The library is compiled for the CPU it runs on
+(-march=native); the cache key includes the CPU's flags, so a shared home directory never
+hands one machine another machine's build.
+
+The .so links libgomp by soname; torch has already loaded its own libgomp.so.1, so both share
+one OpenMP runtime and thread pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from kernels.reference import AttentionPlan, prefill_attention
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).parent / "cpu" / "paged_decode.c"
+_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+
+
+def _cpu_signature() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return flags + os.uname().machine
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "triode" / "kernels"
+
+
+@cache
+def load_library() -> ctypes.CDLL | None:
+    """Compile (once per CPU and source version) and load the kernel; None if impossible."""
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if compiler is None:
+        logger.info("no C compiler: the CPU decode kernel is off, using pure torch")
+        return None
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode())
+    target = _cache_dir() / f"paged_decode-{key.hexdigest()[:16]}.so"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            os.replace(tmp, target)
+        except (subprocess.SubprocessError, OSError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            logger.warning(
+                "building the CPU decode kernel failed (%s): %s", exc, detail.decode()[-500:]
+            )
+            Path(tmp).unlink(missing_ok=True)
+            return None
+    lib = ctypes.CDLL(str(target))
+    fn = lib.triode_paged_decode_f32
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    fn.argtypes = [
+        ptr, i64, i64,  # q, strides
+        ptr, ptr, i64, i64, i64,  # caches, strides
+        ptr, i64,  # block tables
+        ptr, ptr, ptr, i64,  # token index, seq index, seq lens, number of items
+        ptr, i64, i64,  # out, strides
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float,
+    ]  # fmt: skip
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def is_available() -> bool:
+    return load_library() is not None
+
+
+def paged_decode(
+    out: torch.Tensor,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    token_index: torch.Tensor,
+    seq_index: torch.Tensor,
+    scale: float,
+) -> None:
+    """out[token_index[i]] = attention of q[token_index[i]] over sequence seq_index[i]'s context."""
+    lib = load_library()
+    if lib is None:
+        raise RuntimeError("the CPU decode kernel is not available (no C compiler?)")
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    _, block_size, num_kv_heads, cache_dim = k_cache.shape
+    if q.dtype != torch.float32 or k_cache.dtype != torch.float32 or v_cache.dtype != torch.float32:
+        raise TypeError("the CPU decode kernel takes float32 q and caches")
+    if q.stride(2) != 1 or out.stride(2) != 1 or cache_dim != head_dim:
+        raise ValueError("q/out rows must be contiguous and match the cache head_dim")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("caches must be contiguous")
+    if num_heads % num_kv_heads:
+        raise ValueError("num_heads must be a multiple of num_kv_heads")
+    tables = block_tables if block_tables.dtype == torch.int32 else block_tables.int()
+    tables = tables.contiguous()
+    lens = seq_lens if seq_lens.dtype == torch.int32 else seq_lens.int()
+    lens = lens.contiguous()
+    token_index = token_index.to(torch.int64).contiguous()
+    seq_index = seq_index.to(torch.int64).contiguous()
+    rc = lib.triode_paged_decode_f32(
+        q.data_ptr(), q.stride(0), q.stride(1),
+        k_cache.data_ptr(), v_cache.data_ptr(),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        tables.data_ptr(), tables.stride(0),
+        token_index.data_ptr(), seq_index.data_ptr(), lens.data_ptr(), token_index.numel(),
+        out.data_ptr(), out.stride(0), out.stride(1),
+        num_heads, num_kv_heads, head_dim, block_size, float(scale),
+    )  # fmt: skip
+    if rc != 0:
+        raise RuntimeError(f"CPU decode kernel failed (code {rc})")
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    plan: AttentionPlan | None = None,
+) -> torch.Tensor:
+    """Same contract as kernels.reference.paged_attention; decode tokens go through C."""
+    if plan is None or (plan.decode_token_index is None and plan.decode_groups):
+        cu = cu_seqlens_q.tolist()
+        q_lens = [b - a for a, b in itertools.pairwise(cu)]
+        plan = AttentionPlan(
+            q_lens,
+            seq_lens.tolist(),
+            block_tables,
+            k_cache.shape[1],
+            2 * k_cache.shape[2] * k_cache.shape[3] * k_cache.element_size(),
+            fused_decode=True,
+        )
+    out = torch.empty_like(q)
+    if plan.decode_token_index is not None:
+        paged_decode(
+            out, q, k_cache, v_cache, block_tables, seq_lens,
+            plan.decode_token_index, plan.decode_seq_index, scale,
+        )  # fmt: skip
+    prefill_attention(out, q, k_cache, v_cache, plan, scale)
+    return out
