@@ -67,10 +67,7 @@ class ModelRunner:
             self.num_blocks = max(1, int(config.kv_cache_memory_gib * (1 << 30)) // block_bytes)
         shape = (self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-            )
+            (_zeros(shape, self.dtype, self.device), _zeros(shape, self.dtype, self.device))
             for _ in range(cfg.num_layers)
         ]
         self.sampler = Sampler()
@@ -186,3 +183,17 @@ class ModelRunner:
         for k_cache, v_cache in self.kv_caches:
             k_cache[dst] = k_cache[src]
             v_cache[dst] = v_cache[src]
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed cache tensor. On the CPU its pages stay untouched (calloc'd, zero-mapped by the
+    OS) until a block is first written, so a large KV budget costs memory only as it is used.
+    Zeros, not garbage: a padded attention slot must never hold a NaN."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    import numpy as np
+
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.zeros(shape, dtype=np.uint16)).view(torch.bfloat16)
+    np_dtype = {torch.float32: np.float32, torch.float16: np.float16}[dtype]
+    return torch.from_numpy(np.zeros(shape, dtype=np_dtype))
