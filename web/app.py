@@ -1,0 +1,127 @@
+"""create_app: the quart-trio application, its hooks and error handlers.
+
+The app holds no engine task: the engine runs in its own supervised task (web/server.py), and
+each request's work lives in its handler. Two small extensions of quart-trio's classes make
+request cleanup unconditional: `TriodeRequest` carries cleanup callbacks, and
+`TriodeHTTPConnection` runs them when the connection's handling ends, however it ends (the
+client disconnecting before or during the body, a timeout, an error).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
+from quart_trio.wrappers import TrioRequest
+from werkzeug.exceptions import HTTPException
+
+from web.access import (
+    OPEN_PATHS,
+    bearer_token,
+    check_key,
+    cors_headers,
+    is_origin_allowed,
+    origin_refused,
+    preflight_headers,
+)
+from web.errors import ApiError, api_error_from
+from web.formatting import TokenTexts
+from web.routes_admin import register_admin_routes
+from web.routes_openai import register_openai_routes
+from web.routes_ws import register_ws_route
+from web.state import AppState
+
+logger = logging.getLogger(__name__)
+
+CLEANUP_TIMEOUT_S = 2.0
+
+
+class TriodeRequest(TrioRequest):
+    """A request with callbacks to run when its connection is done with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cleanups: list[Callable[[], Awaitable[None]]] = []
+
+
+class TriodeHTTPConnection(TrioASGIHTTPConnection):
+    async def handle_request(  # type: ignore[override]
+        self, nursery: trio.Nursery, request: TriodeRequest, send: Any
+    ) -> None:
+        try:
+            await super().handle_request(nursery, request, send)
+        finally:
+            # NOTE: on disconnect quart-trio cancels this task, wherever it is: before, during
+            # or after our handler. Shielded, so the cleanups run anyway.
+            with trio.move_on_after(CLEANUP_TIMEOUT_S) as scope:
+                scope.shield = True
+                for cleanup in request.cleanups:
+                    try:
+                        await cleanup()
+                    except Exception:
+                        logger.exception("request cleanup failed")
+
+
+class TriodeApp(QuartTrio):
+    request_class = TriodeRequest
+    asgi_http_class = TriodeHTTPConnection
+
+
+def create_app(state: AppState) -> TriodeApp:
+    app = TriodeApp("triode")
+    app.config.update(
+        # A stream lasts as long as its generation; Quart's defaults would cut it.
+        RESPONSE_TIMEOUT=None,
+        BODY_TIMEOUT=None,
+        MAX_CONTENT_LENGTH=state.config.max_request_bytes,
+        PROVIDE_AUTOMATIC_OPTIONS=False,  # preflights are answered by `check_access`
+    )
+    app.extensions["triode"] = state
+    texts = TokenTexts(lambda: state.engine.engine.tokenizer)
+
+    @app.before_request
+    async def check_access() -> Response | None:
+        origin = request.headers.get("Origin")
+        if not is_origin_allowed(origin, request.host, state.config.allowed_origins):
+            return origin_refused(origin or "").to_response()
+        if request.method == "OPTIONS" and origin is not None:  # a CORS preflight
+            requested = request.headers.get("Access-Control-Request-Headers")
+            return Response(b"", status=204, headers=preflight_headers(origin, requested))
+        if request.path not in OPEN_PATHS:
+            refusal = check_key(state.config.api_key, [bearer_token(request.headers)])
+            if refusal is not None:
+                return refusal.to_response()
+        return None
+
+    @app.after_request
+    async def add_cors_headers(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin is not None:  # refused origins never get this far
+            response.headers.update(cors_headers(origin))
+        return response
+
+    @app.errorhandler(ApiError)
+    async def on_api_error(error: ApiError) -> Response:
+        return error.to_response()
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        code = (error.name or "error").lower().replace(" ", "_")
+        message = error.description or error.name or "error"
+        return ApiError(status, message, kind, None, code).to_response()
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(error: Exception) -> Response:
+        return api_error_from(error).to_response()  # logs it; a 500 only for our bugs
+
+    register_openai_routes(app, state, texts)
+    register_admin_routes(app, state)
+    register_ws_route(app, state, texts)
+    return app

@@ -1,0 +1,141 @@
+"""The `triode` command: `triode serve` (the HTTP/WebSocket server) and `triode generate`.
+
+Every EngineConfig field is a flag (`max_num_seqs` -> `--max-num-seqs`), and so is every
+ServerConfig field for `serve`; flags left out keep the dataclass defaults.
+
+    triode serve --port 8000 --api-key sk-local --max-num-seqs 64
+    triode generate "Write a haiku about trio" --chat --max-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from engine.config import ATTENTION_BACKENDS, DTYPES, EngineConfig
+from web.state import ServerConfig
+
+logger = logging.getLogger("triode")
+
+_CHOICES = {"dtype": DTYPES, "attention_backend": ATTENTION_BACKENDS}
+_SCALARS = {"str": str, "int": int, "float": float}
+# In `generate`, --seed is the sampling seed; the engine's own seed moves aside.
+_GENERATE_RENAMES = {"seed": "engine_seed"}
+
+
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    title: str,
+    renames: dict[str, str] | None = None,
+) -> None:
+    """One flag per field of `cls`, typed from its annotation; defaults stay the dataclass's."""
+    group = parser.add_argument_group(title)
+    renames = renames or {}
+    for f in dataclasses.fields(cls):
+        flag = "--" + renames.get(f.name, f.name).replace("_", "-")
+        annotation = str(f.type).replace(" ", "")
+        base = annotation.removesuffix("|None")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        kwargs["help"] = f"{cls.__name__}.{f.name} (default: {default!r})"
+        if base == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif base == "list[str]":
+            kwargs.update(action="extend", type=_comma_list, metavar="A,B")
+        elif base in _SCALARS:
+            kwargs["type"] = _SCALARS[base]
+            if f.name in _CHOICES:
+                kwargs["choices"] = _CHOICES[f.name]
+        else:  # a new field type must be taught here, not silently skipped
+            raise TypeError(f"no flag type for {cls.__name__}.{f.name}: {f.type}")
+        group.add_argument(flag, **kwargs)
+
+
+def _comma_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _pick(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="triode", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP/WebSocket API")
+    add_dataclass_flags(serve, ServerConfig, "server")
+    add_dataclass_flags(serve, EngineConfig, "engine")
+
+    generate = commands.add_parser("generate", help="stream one completion to stdout (offline)")
+    generate.add_argument("prompt", help='the prompt text ("-" reads it from stdin)')
+    generate.add_argument("--max-tokens", type=int, default=128)
+    generate.add_argument("--temperature", type=float, default=0.0)
+    generate.add_argument("--seed", dest="sampling_seed", type=int, default=None)
+    generate.add_argument(
+        "--chat", action="store_true", help="wrap the prompt as a user message (chat template)"
+    )
+    generate.add_argument("--log-level", default="warning")
+    add_dataclass_flags(generate, EngineConfig, "engine", _GENERATE_RENAMES)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        engine_config = EngineConfig.from_kwargs(**_pick(args, EngineConfig))
+    except (TypeError, ValueError) as exc:
+        print(f"triode: error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return run_serve(engine_config, ServerConfig(**_pick(args, ServerConfig)))
+    from web.offline import run_generate
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    return run_generate(
+        engine_config,
+        prompt,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.sampling_seed,
+        chat=args.chat,
+    )
+
+
+def run_serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
+    from web.server import EngineLoadError, serve
+
+    try:
+        trio.run(partial(serve, engine_config, server_config, wait_for_stop_signal))
+    except EngineLoadError as exc:
+        print(f"triode: the model failed to load: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C: stop without waiting
+        return 130
+    return 0
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGINT or SIGTERM; a second one falls through to the default."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            logger.info("received %s", signal.Signals(signum).name)
+            return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

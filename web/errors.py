@@ -1,0 +1,90 @@
+"""ApiError and the one place where exceptions become OpenAI-shaped errors.
+
+Every error the server sends has the shape {"error": {"message", "type", "param", "code"}}:
+400 for bad input, 401 for a bad key, 403 for a refused origin, 404 for an unknown model or
+route, 503 (with Retry-After) when the queue is full or the engine is not serving, 500 only
+for our own bugs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Any
+
+import orjson
+from quart import Response
+
+from engine.async_engine import EngineNotReadyError, QueueFullError
+from engine.llm_engine import ContextLengthError
+from engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_FIELD_NAME = re.compile(r"^([a-z_][a-z0-9_]*)\b")
+_PARAM_NAMES = {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+class ApiError(Exception):
+    """An error with its HTTP status and OpenAI error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def to_object(self) -> dict[str, Any]:
+        return {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+
+    def to_response(self) -> Response:
+        return json_response({"error": self.to_object()}, self.status, self.headers)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", param, code)
+
+
+def service_unavailable(message: str, code: str, retry_after_s: int | None = None) -> ApiError:
+    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    return ApiError(503, message, "server_error", None, code, headers)
+
+
+def internal_error(message: str = "internal server error") -> ApiError:
+    return ApiError(500, message, "server_error", None, "internal_error")
+
+
+def api_error_from(exc: BaseException) -> ApiError:
+    """Map any exception raised while serving a request to the error the client gets."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ContextLengthError):
+        return bad_request(str(exc), exc.param, "context_length_exceeded")
+    if isinstance(exc, QueueFullError):
+        return service_unavailable(str(exc), "server_overloaded", exc.retry_after_s)
+    if isinstance(exc, EngineNotReadyError):
+        return service_unavailable(str(exc), "engine_not_ready", 1)
+    if isinstance(exc, ValueError):  # the engine's own checks name the field first
+        match = _FIELD_NAME.match(str(exc))
+        param = match.group(1) if match and match.group(1) in _PARAM_NAMES else None
+        return bad_request(str(exc), param)
+    logger.error("unexpected error while serving a request", exc_info=exc)
+    return internal_error()
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )

@@ -1,0 +1,227 @@
+"""OpenAI response objects: streaming chunks and whole responses, for chat and completions.
+
+`ChoiceState` accumulates what one choice has produced so far; `ChatFormat` and
+`CompletionFormat` turn deltas and states into the exact objects OpenAI's API returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from streaming.delta import TokenLogprob
+from web.prepare import CHAT, PreparedRequest
+
+_TOKEN_TEXT_CACHE_SIZE = 1 << 16
+
+
+class TokenTexts:
+    """The text of single tokens (for logprobs), memoised: the same ids recur constantly."""
+
+    def __init__(self, get_tokenizer: Callable[[], Any]) -> None:
+        self._get_tokenizer = get_tokenizer  # called late: the app exists before the model
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self._cache.get(token_id)
+        if text is None:
+            if len(self._cache) >= _TOKEN_TEXT_CACHE_SIZE:
+                self._cache.clear()
+            text = self._get_tokenizer().decode([token_id])
+            self._cache[token_id] = text
+        return text
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    index: int
+    text_parts: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    num_output_tokens: int = 0
+    text_offset: int = 0  # completions' logprobs: where the next token's text starts
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+class ResponseFormat:
+    """What chat and completions share: the chunk envelope and usage."""
+
+    chunk_object = ""
+    response_object = ""
+
+    def __init__(self, prepared: PreparedRequest, token_texts: TokenTexts) -> None:
+        self.prepared = prepared
+        self.token_texts = token_texts
+
+    def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        p = self.prepared
+        chunk: dict[str, Any] = {
+            "id": p.response_id,
+            "object": self.chunk_object,
+            "created": p.created,
+            "model": p.model,
+            "choices": choices,
+        }
+        if p.include_usage:
+            chunk["usage"] = None  # as OpenAI does: only the final chunk carries usage
+        return chunk
+
+    def usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
+        chunk = self.chunk([])
+        chunk["usage"] = usage
+        return chunk
+
+    def response(self, choices: list[ChoiceState], usage: dict[str, Any]) -> dict[str, Any]:
+        p = self.prepared
+        return {
+            "id": p.response_id,
+            "object": self.response_object,
+            "created": p.created,
+            "model": p.model,
+            "choices": [self.final_choice(c) for c in choices],
+            "usage": usage,
+        }
+
+    def initial_chunks(self, choices: list[ChoiceState]) -> list[dict[str, Any]]:
+        return []
+
+    def delta_chunk(
+        self, state: ChoiceState, text: str, logprobs: list[TokenLogprob] | None, is_final: bool
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def final_choice(self, state: ChoiceState) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class ChatFormat(ResponseFormat):
+    chunk_object = "chat.completion.chunk"
+    response_object = "chat.completion"
+
+    def initial_chunks(self, choices: list[ChoiceState]) -> list[dict[str, Any]]:
+        # The role goes first, before any token exists, so clients can render the turn at once.
+        return [
+            self.chunk(
+                [
+                    {
+                        "index": c.index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            for c in choices
+        ]
+
+    def delta_chunk(
+        self, state: ChoiceState, text: str, logprobs: list[TokenLogprob] | None, is_final: bool
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {
+            "index": state.index,
+            "delta": {"content": text} if text else {},
+            "logprobs": self._logprobs(logprobs) if logprobs else None,
+            "finish_reason": state.finish_reason if is_final else None,
+        }
+        if is_final:
+            choice["stop_reason"] = state.stop_reason
+        return self.chunk([choice])
+
+    def final_choice(self, state: ChoiceState) -> dict[str, Any]:
+        return {
+            "index": state.index,
+            "message": {"role": "assistant", "content": state.text},
+            "logprobs": self._logprobs(state.logprobs)
+            if self.prepared.num_top_logprobs is not None
+            else None,
+            "finish_reason": state.finish_reason,
+            "stop_reason": state.stop_reason,
+        }
+
+    def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any]:
+        k = self.prepared.num_top_logprobs or 0
+        return {"content": [self._entry(e, k) for e in entries]}
+
+    def _entry(self, entry: TokenLogprob, k: int) -> dict[str, Any]:
+        token = self.token_texts(entry.token_id)
+        return {
+            "token": token,
+            "logprob": entry.logprob,
+            "bytes": list(token.encode()),
+            "top_logprobs": [
+                {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                for t, lp in ((self.token_texts(i), lp) for i, lp in entry.top[:k])
+            ],
+        }
+
+
+class CompletionFormat(ResponseFormat):
+    chunk_object = "text_completion"
+    response_object = "text_completion"
+
+    def initial_chunks(self, choices: list[ChoiceState]) -> list[dict[str, Any]]:
+        if not self.prepared.echo:
+            return []
+        return [
+            self.chunk([self._choice(c.index, c.text, None, None)])
+            for c in choices
+            if c.text  # the echoed prompt, already in the state
+        ]
+
+    def delta_chunk(
+        self, state: ChoiceState, text: str, logprobs: list[TokenLogprob] | None, is_final: bool
+    ) -> dict[str, Any]:
+        logprobs_obj = None
+        if logprobs:
+            logprobs_obj, state.text_offset = self._logprobs(logprobs, state.text_offset)
+        choice = self._choice(
+            state.index, text, logprobs_obj, state.finish_reason if is_final else None
+        )
+        if is_final:
+            choice["stop_reason"] = state.stop_reason
+        return self.chunk([choice])
+
+    def final_choice(self, state: ChoiceState) -> dict[str, Any]:
+        logprobs = None
+        if self.prepared.num_top_logprobs is not None:  # never with echo (refused up front)
+            logprobs, _ = self._logprobs(state.logprobs, 0)
+        choice = self._choice(state.index, state.text, logprobs, state.finish_reason)
+        choice["stop_reason"] = state.stop_reason
+        return choice
+
+    @staticmethod
+    def _choice(
+        index: int, text: str, logprobs: dict[str, Any] | None, finish_reason: str | None
+    ) -> dict[str, Any]:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+    def _logprobs(self, entries: list[TokenLogprob], start: int) -> tuple[dict[str, Any], int]:
+        """The logprobs object for these tokens, and the text offset after them."""
+        k = self.prepared.num_top_logprobs or 0
+        tokens, offsets = [], []
+        offset = start
+        for e in entries:
+            token = self.token_texts(e.token_id)
+            tokens.append(token)
+            offsets.append(offset)
+            offset += len(token)
+        obj = {
+            "tokens": tokens,
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{self.token_texts(i): lp for i, lp in e.top[:k]} for e in entries],
+            "text_offset": offsets,
+        }
+        return obj, offset
+
+
+def format_for(prepared: PreparedRequest, token_texts: TokenTexts) -> ResponseFormat:
+    return (
+        ChatFormat(prepared, token_texts)
+        if prepared.kind == CHAT
+        else CompletionFormat(prepared, token_texts)
+    )

@@ -1,0 +1,98 @@
+"""The WebSocket route /v1/ws: the handshake checks, then a streaming.WebSocketSession.
+
+The handshake is refused with an HTTP response (OpenAI error body) before it is accepted:
+401 without a valid key, 403 for a refused origin, 503 when the connection limit is reached or
+the server is shutting down. The protocol itself is documented in streaming/ws_session.py and
+README.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Quart, Response, websocket
+
+from streaming.ws_session import Generation, WebSocketSession
+from web.access import (
+    check_key,
+    is_origin_allowed,
+    origin_refused,
+    websocket_key_candidates,
+)
+from web.errors import api_error_from, service_unavailable
+from web.formatting import TokenTexts
+from web.generation import Generation as EngineGeneration
+from web.prepare import parse_request, prepare, service_draining
+from web.state import AppState
+
+SUBPROTOCOL = "triode"
+# NOTE: 1001 "going away" tells clients the close is the server's shutdown, not an error.
+CLOSE_GOING_AWAY = 1001
+
+
+class EngineBackend:
+    """What a generation is, for the WebSocket session: the same path as the HTTP routes."""
+
+    def __init__(self, state: AppState, token_texts: TokenTexts) -> None:
+        self._state = state
+        self._token_texts = token_texts
+
+    async def start(self, kind: str, request: dict[str, Any]) -> Generation:
+        if self._state.is_draining:
+            raise service_draining()
+        # A WebSocket always streams; `stream` in the body changes nothing.
+        parsed = parse_request(kind, {**request, "stream": True})
+        prepared = prepare(self._state.engine, parsed)
+        return await EngineGeneration.start(self._state.engine, prepared, self._token_texts)
+
+    def error_object(self, exc: BaseException) -> dict[str, Any]:
+        return api_error_from(exc).to_object()
+
+
+class QuartTransport:
+    """The session's view of Quart's websocket object."""
+
+    async def send(self, data: str) -> None:
+        await websocket.send(data)
+
+    async def receive(self) -> str | bytes:
+        return await websocket.receive()
+
+
+def register_ws_route(app: Quart, state: AppState, token_texts: TokenTexts) -> None:
+    backend = EngineBackend(state, token_texts)
+
+    @app.websocket("/v1/ws")
+    async def ws() -> Response | None:
+        headers = websocket.headers
+        origin = headers.get("Origin")
+        if not is_origin_allowed(origin, headers.get("Host"), state.config.allowed_origins):
+            return origin_refused(origin or "").to_response()
+        refusal = check_key(
+            state.config.api_key,
+            websocket_key_candidates(
+                headers, websocket.args.get("api_key"), websocket.requested_subprotocols
+            ),
+        )
+        if refusal is not None:
+            return refusal.to_response()
+        if state.is_draining:
+            return service_draining().to_response()
+        limits = state.ws_limits
+        if not limits.can_open_connection():
+            return service_unavailable(
+                f"too many WebSocket connections (limit {limits.max_connections})",
+                "too_many_connections",
+                1,
+            ).to_response()
+        limits.open_connection()
+        try:
+            offered = websocket.requested_subprotocols
+            await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+            session = WebSocketSession(QuartTransport(), backend, limits)
+            await session.run(draining=state.draining)
+            # Only a draining server ends a session while the peer is still there.
+            await websocket.close(CLOSE_GOING_AWAY, "the server is shutting down")
+        finally:
+            limits.close_connection()
+        return None

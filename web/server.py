@@ -1,0 +1,134 @@
+"""serve(): the engine task and hypercorn's trio worker in one nursery, with graceful shutdown.
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve, EngineConfig(), ServerConfig(port=0), stop.wait)
+
+Start-up: the socket is bound first (so /health can say 503 while the model loads), then the
+engine loads in a thread; `started()` fires once both are ready. A model that fails to load
+stops the server with EngineLoadError. Shutdown, when `shutdown_trigger` returns: stop accepting
+connections, refuse new requests with 503, let in-flight ones finish for `shutdown_timeout_s`,
+then end the rest (streams get an error chunk and [DONE], sockets close with 1001), then stop
+the engine, which releases every request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from engine.async_engine import AsyncEngine
+from engine.config import EngineConfig
+from web.app import TriodeApp, create_app
+from web.state import AppState, ServerConfig
+
+logger = logging.getLogger(__name__)
+
+# Time for the streams ended at the shutdown deadline to flush their last chunks.
+_FLUSH_GRACE_S = 5.0
+_ENGINE_STOP_TIMEOUT_S = 30.0
+
+
+class EngineLoadError(RuntimeError):
+    """The model could not be loaded; the server does not start."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunningServer:
+    url: str  # http://host:port
+    state: AppState
+    app: TriodeApp
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http") + "/v1/ws"
+
+
+def hypercorn_config(config: ServerConfig) -> HypercornConfig:
+    hconfig = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hconfig.bind = [f"{host}:{config.port}"]
+    hconfig.graceful_timeout = config.shutdown_timeout_s + _FLUSH_GRACE_S
+    hconfig.keep_alive_timeout = config.keep_alive_timeout_s
+    hconfig.backlog = config.backlog
+    hconfig.websocket_max_message_size = config.max_request_bytes
+    # Loggers, not "-": records go through the root handler once, in our format.
+    hconfig.accesslog = logging.getLogger("hypercorn.access") if config.access_log else None
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    return hconfig
+
+
+async def serve(
+    engine_config: EngineConfig,
+    server_config: ServerConfig,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    *,
+    engine: AsyncEngine | None = None,
+    task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until `shutdown_trigger` returns (forever if None), then shut down gracefully."""
+    state = AppState.create(engine or AsyncEngine(engine_config), server_config)
+    app = create_app(state)
+    engine_loaded = trio.Event()
+    engine_stopped = trio.Event()
+
+    async with trio.open_nursery() as nursery:
+
+        async def trigger() -> None:
+            await (shutdown_trigger or trio.sleep_forever)()
+            logger.info("shutting down: refusing new requests, finishing in-flight ones")
+            state.draining.set()
+            nursery.start_soon(_end_stragglers, state)
+
+        async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
+            try:
+                await hypercorn.trio.serve(
+                    app, hypercorn_config(server_config), shutdown_trigger=trigger,
+                    task_status=task_status,
+                )  # fmt: skip
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(_ENGINE_STOP_TIMEOUT_S):
+                    await state.engine.shutdown()
+                    await engine_stopped.wait()
+                nursery.cancel_scope.cancel()  # the straggler timer, if still waiting
+
+        nursery.start_soon(_run_engine, state, engine_loaded, engine_stopped)
+        binds = await nursery.start(run_http)
+        await engine_loaded.wait()
+        if state.load_error is not None:
+            nursery.cancel_scope.cancel()
+        else:
+            url = next((b for b in binds if b.startswith("http://")), binds[0])
+            logger.info("serving %s on %s", state.engine.engine.model_name, url)
+            task_status.started(RunningServer(url, state, app))
+    if state.load_error is not None:  # raised out here, not wrapped in the nursery's group
+        raise EngineLoadError(state.load_error)
+
+
+async def _run_engine(state: AppState, loaded: trio.Event, stopped: trio.Event) -> None:
+    """The engine's supervisor: a failure to load is recorded, never raised into the server."""
+    try:
+        await _start_engine(state, loaded)
+    except Exception as exc:
+        logger.exception("the engine failed to load")
+        state.load_error = f"{type(exc).__name__}: {exc}"
+    finally:
+        loaded.set()
+        stopped.set()
+
+
+async def _start_engine(state: AppState, loaded: trio.Event) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(state.engine.run)
+        loaded.set()
+    # run() returned: shut down, or the engine died (it stays dead; /health reports it).
+
+
+async def _end_stragglers(state: AppState) -> None:
+    await trio.sleep(state.config.shutdown_timeout_s)
+    logger.info("shutdown timeout reached: ending the requests still in flight")
+    await state.engine.shutdown()
