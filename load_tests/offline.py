@@ -151,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf-batch", type=int, action="append", help="override batch sizes")
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=None)
+    parser.add_argument("--attention-backend", choices=["auto", "torch", "cpu"], default=None)
+    parser.add_argument("--cpu-linear", choices=["auto", "onednn", "torch"], default=None)
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="triode only, once per CPU fast path on/off (attention kernel x oneDNN linears)",
+    )
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
@@ -162,9 +169,28 @@ def main(argv: list[str] | None = None) -> int:
         engine_kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.max_num_seqs:
         engine_kwargs["max_num_seqs"] = args.max_num_seqs
+    if args.attention_backend:
+        engine_kwargs["attention_backend"] = args.attention_backend
+    if args.cpu_linear:
+        engine_kwargs["cpu_linear"] = args.cpu_linear
     names = ["single", "fixed", "mixed"] if args.workload == "all" else [args.workload]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
     results: list[Result] = []
+    if args.ablation:
+        for name in names:
+            workload = make_workload(name, args.seed)
+            base: Result | None = None
+            for attention in ("torch", "cpu"):
+                for linear in ("torch", "onednn"):
+                    kwargs = engine_kwargs | {"attention_backend": attention, "cpu_linear": linear}
+                    r = run_triode(workload, kwargs)
+                    r.system = f"triode(attn={attention},linear={linear})"
+                    base = base or r
+                    r.detail["speedup_vs_pure_torch"] = round(r.tokens_per_s / base.tokens_per_s, 3)
+                    results.append(r)
+                    _print(r)
+                    print(f"        = {r.detail['speedup_vs_pure_torch']:.2f}x pure torch")
+        names = []
     for name in names:
         workload = make_workload(name, args.seed)
         ours = run_triode(workload, engine_kwargs)
