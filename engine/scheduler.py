@@ -190,11 +190,19 @@ class Scheduler:
                 break
             n = request.sampling_params.n if request.needs_fork else 1
             if len(self.running) + n > max_num_seqs and self.running:
-                break
+                freed = self._preempt_for(request, out)
+                if freed < 0:
+                    break
+                budget += freed
+                continue
             computed_blocks, num_cached = self.kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_cached, budget)
             if not self.kv.allocate_slots(request, num_new, computed_blocks):
-                break
+                freed = self._preempt_for(request, out)
+                if freed < 0:
+                    break
+                budget += freed
+                continue
             self._pop_waiting()
             self.kv.record_prefix_lookup(request.num_tokens, num_cached)
             if request.num_cached_tokens < 0:
@@ -206,6 +214,23 @@ class Scheduler:
             self._add_scheduled(out, request, num_new)
             budget -= num_new
         return budget
+
+    def _preempt_for(self, request: Request, out: SchedulerOutput) -> int:
+        """Make room for a waiting request by preempting a running one of strictly lower
+        priority (higher value; the latest among equals). Returns the step-budget tokens this
+        gave back (the victim may already have been scheduled this step), or -1 if no running
+        request ranks below the waiting one."""
+        if not self.running:
+            return -1
+        victim = max(self.running, key=lambda r: (r.priority, r.arrival_time))
+        if victim.priority <= request.priority:
+            return -1
+        freed = 0
+        if any(item.request_id == victim.request_id for item in out.scheduled):
+            freed = self._unschedule(out, victim.request_id)
+        self._preempt(victim)
+        out.preempted_request_ids.append(victim.request_id)
+        return freed
 
     def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
         start = request.num_computed_tokens

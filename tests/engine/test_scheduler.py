@@ -133,3 +133,37 @@ def test_n_samples_fork_after_the_prompt_and_share_its_blocks():
     while s.has_unfinished_requests():
         run_step(s)
     assert s.kv.num_free_blocks == s.kv.num_blocks
+
+
+def test_a_higher_priority_arrival_preempts_a_lower_priority_runner():
+    s = make_scheduler(max_num_seqs=1, max_num_batched_tokens=64)
+    s.add_request(make_request("low", 4, max_tokens=20, priority=5))
+    run_step(s)
+    run_step(s)
+    s.add_request(make_request("high", 4, max_tokens=2, priority=0))
+    out, _, _ = run_step(s)
+    # "low" decoded in the running pass, then gave way (and its budget) to "high".
+    assert scheduled(out) == {"high": 4}
+    assert out.preempted_request_ids == ["low"]
+    assert s.requests["low"].status == RequestStatus.PREEMPTED
+    while s.has_unfinished_requests():
+        run_step(s)
+    assert s.kv.num_free_blocks == s.kv.num_blocks
+
+
+def test_equal_priority_arrivals_wait_their_turn():
+    s = make_scheduler(max_num_seqs=1)
+    s.add_request(make_request("first", 4, max_tokens=5))
+    run_step(s)
+    s.add_request(make_request("second", 4, max_tokens=5))
+    out, _, _ = run_step(s)
+    assert scheduled(out) == {"first": 1} and not out.preempted_request_ids
+
+
+def test_a_higher_priority_arrival_takes_kv_blocks_from_a_lower_one():
+    s = make_scheduler(num_blocks=4, block_size=4, max_num_batched_tokens=64)
+    s.add_request(make_request("low", 12, max_tokens=4, priority=1))
+    run_step(s)  # 3 of 4 blocks
+    s.add_request(make_request("high", 8, max_tokens=2, priority=0))
+    out, _, _ = run_step(s)
+    assert "high" in scheduled(out) and out.preempted_request_ids == ["low"]
