@@ -53,8 +53,19 @@ class TriodeHTTPConnection(TrioASGIHTTPConnection):
     async def handle_request(  # type: ignore[override]
         self, nursery: trio.Nursery, request: TriodeRequest, send: Any
     ) -> None:
+        async def send_with_shielded_end(message: Any) -> None:
+            # NOTE: the last body event makes hypercorn report the stream closed, which makes
+            # quart-trio cancel this task; unshielded, that cancel lands inside hypercorn's
+            # bookkeeping and its keep-alive timer is never restarted: idle connections then
+            # stay open forever and a graceful shutdown waits out its whole timeout.
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
         try:
-            await super().handle_request(nursery, request, send)
+            await super().handle_request(nursery, request, send_with_shielded_end)
         finally:
             # NOTE: on disconnect quart-trio cancels this task, wherever it is: before, during
             # or after our handler. Shielded, so the cleanups run anyway.

@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.async_engine import AsyncEngine, EngineNotReadyError
 from engine.llm import apply_chat_template
-from engine.llm_engine import LLMEngine
+from engine.llm_engine import ContextLengthError, LLMEngine
 from engine.sampling_params import SamplingParams
 from web.errors import ApiError, api_error_from, bad_request, service_unavailable
 from web.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_body
@@ -70,8 +70,10 @@ def prepare(
     for prompt in prompts:  # fail the whole request before any of it is queued
         try:
             core.validate(prompt.token_ids, params)
-        except ValueError as exc:
+        except ContextLengthError as exc:
             raise api_error_from(exc) from None
+        except ValueError as exc:  # the other checks are all about the prompt itself
+            raise bad_request(str(exc), "messages" if kind == CHAT else "prompt") from None
     prefix = "chatcmpl" if kind == CHAT else "cmpl"
     return PreparedRequest(
         kind=kind,

@@ -1,0 +1,132 @@
+"""The official `openai` package against the real SmolLM2 server, and chunk timing.
+
+Greedy decoding makes streamed and non-streamed text comparable token for token.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.web.helpers import stream_sse
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+@pytest.fixture(scope="module")
+def client(smol_server):
+    with openai.OpenAI(base_url=f"{smol_server.url}/v1", api_key="unused", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def model(client):
+    return client.models.list().data[0].id
+
+
+def test_chat_stream_equals_non_stream_and_usage_comes_last(client, model):
+    whole = client.chat.completions.create(
+        model=model, messages=QUESTION, temperature=0, max_tokens=40
+    )
+    text = whole.choices[0].message.content
+    assert "Paris" in text
+    assert whole.choices[0].finish_reason in ("stop", "length")
+
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=QUESTION,
+            temperature=0,
+            max_tokens=40,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finals == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_completion_stream_equals_non_stream(client, model):
+    args = {
+        "model": model,
+        "prompt": "The three primary colors are",
+        "temperature": 0,
+        "max_tokens": 24,
+    }
+    whole = client.completions.create(**args)
+    chunks = list(
+        client.completions.create(**args, stream=True, stream_options={"include_usage": True})
+    )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+
+def test_n_choices_and_seed_through_the_sdk(client, model):
+    args = {
+        "model": model,
+        "messages": QUESTION,
+        "max_tokens": 8,
+        "n": 2,
+        "seed": 7,
+        "temperature": 1.0,
+    }
+    whole = client.chat.completions.create(**args)
+    assert [c.index for c in whole.choices] == [0, 1]
+    again = client.chat.completions.create(**args)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in whole.choices]
+    stream = client.chat.completions.create(**args, stream=True)
+    texts = {0: "", 1: ""}
+    for chunk in stream:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert [texts[0], texts[1]] == [c.message.content for c in whole.choices]
+
+
+def test_sdk_errors(client, model):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=model, prompt="hi", max_tokens=10_000)
+    assert bad.value.code == "context_length_exceeded"
+    assert "8192" in bad.value.message
+
+
+async def test_chunks_arrive_one_by_one_as_generated(smol_server):
+    body = {"prompt": "Count slowly:", "max_tokens": 24, "ignore_eos": True, "stream": True}
+    async with httpx.AsyncClient(base_url=smol_server.url, timeout=60) as client:
+        start = time.monotonic()
+        result = await stream_sse(client, "/v1/completions", body)
+    assert result.is_done
+    token_chunks = [
+        (t, c)
+        for t, c in zip(result.times, result.events)
+        if c != "[DONE]" and c["choices"][0]["text"]
+    ]
+    times = [t for t, _ in token_chunks]
+    total = time.monotonic() - start
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    print(
+        f"{len(times)} chunks over {times[-1] - times[0]:.3f} s (request {total:.3f} s); "
+        f"first after {times[0] - start:.3f} s; median gap {statistics.median(gaps) * 1000:.1f} ms"
+    )
+    # One chunk per token, spread over the generation instead of one burst at the end.
+    assert len(times) >= 20
+    assert times[0] - start < total / 2
+    assert statistics.median(gaps) > 0.002
+    assert times[-1] - times[0] > 0.3 * (total - (times[0] - start))

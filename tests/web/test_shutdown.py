@@ -1,0 +1,140 @@
+"""Graceful shutdown with requests in flight: in-process, and `triode serve` under a signal."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import orjson
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from tests.web.conftest import ServerThread, tiny_engine_config
+from tests.web.helpers import stream_sse, wait_for_metric
+from web.state import ServerConfig
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def _ws_generation(url: str, request: dict, started: trio.Event) -> tuple[list[dict], int]:
+    """Run one generation over a WebSocket until the server closes it; messages and close code."""
+    messages: list[dict] = []
+    async with open_websocket_url(url) as ws:
+        await ws.send_message(
+            orjson.dumps({"type": "completion", "id": 1, "request": request}).decode()
+        )
+        try:
+            while True:
+                messages.append(orjson.loads(await ws.get_message()))
+                started.set()
+        except ConnectionClosed as closed:
+            return messages, closed.reason.code
+    raise AssertionError("unreachable")
+
+
+async def _shutdown_with_requests_in_flight(
+    tiny_folder, shutdown_timeout_s: float, max_tokens: int
+):
+    thread = ServerThread(
+        tiny_engine_config(tiny_folder, num_kv_blocks=256),
+        ServerConfig(port=0, shutdown_timeout_s=shutdown_timeout_s),
+    )
+    server = thread.start()
+    request = {"prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True}
+    results: dict = {}
+    ws_started = trio.Event()
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
+        async def sse() -> None:
+            results["sse"] = await stream_sse(
+                client, "/v1/completions", {**request, "stream": True}
+            )
+
+        async def ws() -> None:
+            results["ws"] = await _ws_generation(server.ws_url, request, ws_started)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sse)
+            nursery.start_soon(ws)
+            await ws_started.wait()
+            await wait_for_metric(client, "", "num_requests_running", lambda v: v == 2)
+            start = time.monotonic()
+            await trio.to_thread.run_sync(thread.stop)
+            results["stop_s"] = time.monotonic() - start
+    assert not thread.is_alive and thread.error is None
+    with pytest.raises(httpx.ConnectError):  # no longer listening
+        async with httpx.AsyncClient() as client:
+            await client.get(f"{server.url}/health")
+    return results
+
+
+async def test_in_flight_requests_finish_before_shutdown(tiny_folder):
+    results = await _shutdown_with_requests_in_flight(tiny_folder, 30.0, max_tokens=300)
+    sse = results["sse"]
+    assert sse.is_done and sse.chunks[-1]["choices"][0]["finish_reason"] == "length"
+    messages, close_code = results["ws"]
+    assert messages[-1]["type"] == "done" and messages[-1]["usage"]["completion_tokens"] == 300
+    assert close_code == 1001  # going away
+    print(f"graceful stop took {results['stop_s']:.2f} s")
+
+
+async def test_requests_still_running_at_the_deadline_end_with_an_error(tiny_folder):
+    results = await _shutdown_with_requests_in_flight(tiny_folder, 0.2, max_tokens=1000)
+    sse = results["sse"]
+    assert sse.is_done  # [DONE] still closes the stream
+    error = sse.chunks[-1]["error"]
+    assert error["code"] == "server_shutting_down" and set(error) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
+    messages, close_code = results["ws"]
+    assert messages[-1]["type"] == "error" and messages[-1]["id"] == 1
+    assert messages[-1]["error"]["code"] == "server_shutting_down"
+    assert close_code == 1001
+    assert results["stop_s"] < 10
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_triode_serve_stops_gracefully_on_a_signal(tiny_folder, signum):
+    command = [
+        sys.executable, "-m", "web.cli", "serve", "--port", "0", "--model", str(tiny_folder),
+        "--served-model-name", "tiny", "--num-kv-blocks", "256", "--num-threads", "1",
+    ]  # fmt: skip
+    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    log = b""
+    try:
+        with trio.fail_after(120):
+            while not (match := re.search(rb"serving tiny on (http://[\d.:]+)", log)):
+                chunk = await process.stderr.receive_some()
+                assert chunk, log.decode()
+                log += chunk
+        url = match.group(1).decode()
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            body = {"prompt": "Once", "max_tokens": 200, "ignore_eos": True, "stream": True}
+            async with trio.open_nursery() as nursery:
+                result: dict = {}
+
+                async def read() -> None:
+                    result["sse"] = await stream_sse(client, "/v1/completions", body)
+
+                nursery.start_soon(read)
+                await wait_for_metric(client, "", "num_requests_running", lambda v: v == 1)
+                process.send_signal(signum)
+        sse = result["sse"]
+        assert sse.is_done and sse.chunks[-1]["choices"][0]["finish_reason"] == "length"
+        with trio.fail_after(60):
+            while chunk := await process.stderr.receive_some():
+                log += chunk
+            assert await process.wait() == 0, log.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
