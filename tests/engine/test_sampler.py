@@ -150,3 +150,52 @@ def test_invalid_params_name_the_field():
     ]:
         with pytest.raises(ValueError, match=field):
             SamplingParams(**bad)
+
+
+def reference_mask(logits: torch.Tensor, top_k: int, top_p: float) -> list[int]:
+    """Top-k then top-p by brute force: sort the whole row."""
+    values, index = logits.sort(descending=True)
+    if top_k:
+        values = values[:top_k]
+        index = index[:top_k]
+    probs = values.softmax(dim=-1)
+    keep = (probs.cumsum(dim=-1) - probs) < top_p
+    return sorted(index[keep].tolist())
+
+
+@pytest.mark.parametrize("spread", [0.5, 4.0])  # flat (needs the full sort) and peaked
+@pytest.mark.parametrize("top_k", [0, 40, 600])
+def test_top_k_top_p_match_a_full_sort(spread, top_k):
+    torch.manual_seed(1)
+    logits = torch.randn(4, 5000) * spread
+    params = SamplingParams(top_k=top_k, top_p=0.9)
+    masked = apply_top_k_top_p_min_p(logits, [row(params)] * 4)
+    for i in range(4):
+        assert kept(masked[i : i + 1])[0] == reference_mask(logits[i], top_k, 0.9)
+
+
+def test_sampling_follows_the_top_p_distribution():
+    logits = LOGITS[:1].repeat(4000, 1)
+    params = SamplingParams(temperature=1.0, top_p=0.8)  # keeps 0.4, 0.3, 0.15 (mass 0.85)
+    out = Sampler()(logits, [row(params)] * 4000).token_ids
+    freq = [out.count(i) / 4000 for i in range(5)]
+    assert freq == pytest.approx([0, 0.4 / 0.85, 0, 0.3 / 0.85, 0.15 / 0.85], abs=0.03)
+
+
+def test_mixed_greedy_and_seeded_rows_in_one_batch():
+    logits = torch.randn(3, 300)
+    rows = [
+        row(SamplingParams(temperature=0)),
+        row(
+            SamplingParams(temperature=0.9, top_p=0.9, seed=5), gen=torch.Generator().manual_seed(5)
+        ),
+        row(SamplingParams(temperature=0.9, top_k=20)),
+    ]
+    out = Sampler()(logits.clone(), rows).token_ids
+    assert out[0] == int(logits[0].argmax())
+    again = Sampler()(
+        logits.clone(),
+        [rows[0], row(rows[1].params, gen=torch.Generator().manual_seed(5)), rows[2]],
+    )
+    assert again.token_ids[1] == out[1]
+    assert out[2] in logits[2].topk(20).indices.tolist()
