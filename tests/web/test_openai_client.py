@@ -77,6 +77,41 @@ def test_completion_stream_equals_non_stream(client, model):
     assert chunks[-1].usage.total_tokens == whole.usage.total_tokens
 
 
+def test_multibyte_text_streams_without_garbling(client, model):
+    # Japanese script: characters whose UTF-8 bytes span several byte-level tokens.
+    messages = [
+        {"role": "user", "content": "Write the Japanese word for 'thank you' in Japanese script."}
+    ]
+    args = {"model": model, "messages": messages, "temperature": 0, "max_tokens": 30}
+    whole = client.chat.completions.create(**args).choices[0].message.content
+    assert any(ord(ch) > 0x3000 for ch in whole)
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(**args, stream=True)
+        if c.choices
+    ]
+    assert "".join(pieces) == whole
+    assert not any("\ufffd" in piece for piece in pieces)
+
+
+def test_stop_string_never_leaks_into_the_stream(client, model):
+    args = {
+        "model": model,
+        "messages": QUESTION,
+        "temperature": 0,
+        "max_tokens": 40,
+        "stop": ["Paris"],
+    }
+    whole = client.chat.completions.create(**args).choices[0]
+    assert whole.finish_reason == "stop" and "Paris" not in whole.message.content
+    chunks = list(client.chat.completions.create(**args, stream=True))
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert "".join(pieces) == whole.message.content
+    assert not any(
+        p == "" and c.choices[0].finish_reason is None for p, c in zip(pieces[1:], chunks[1:])
+    )
+
+
 def test_n_choices_and_seed_through_the_sdk(client, model):
     args = {
         "model": model,
