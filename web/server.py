@@ -24,12 +24,13 @@ from hypercorn.config import Config as HypercornConfig
 from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from web.app import TriodeApp, create_app
+from web.send_timeout import abandon_stalled_sends, install_send_timeout
 from web.state import AppState, ServerConfig
 
 logger = logging.getLogger(__name__)
 
 # Time for the streams ended at the shutdown deadline to flush their last chunks.
-_FLUSH_GRACE_S = 5.0
+_FLUSH_GRACE_S = 2.0
 _ENGINE_STOP_TIMEOUT_S = 30.0
 
 
@@ -56,6 +57,7 @@ def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hconfig.keep_alive_timeout = config.keep_alive_timeout_s
     hconfig.backlog = config.backlog
     hconfig.websocket_max_message_size = config.max_request_bytes
+    hconfig.send_timeout_s = config.send_timeout_s  # read by TimedSendTCPServer
     # Loggers, not "-": records go through the root handler once, in our format.
     hconfig.accesslog = logging.getLogger("hypercorn.access") if config.access_log else None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
@@ -71,6 +73,7 @@ async def serve(
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown_trigger` returns (forever if None), then shut down gracefully."""
+    install_send_timeout()
     state = AppState.create(engine or AsyncEngine(engine_config), server_config)
     app = create_app(state)
     engine_loaded = trio.Event()
@@ -132,3 +135,5 @@ async def _end_stragglers(state: AppState) -> None:
     await trio.sleep(state.config.shutdown_timeout_s)
     logger.info("shutdown timeout reached: ending the requests still in flight")
     await state.engine.shutdown()
+    await trio.sleep(_FLUSH_GRACE_S)
+    abandon_stalled_sends()  # clients that stopped reading would otherwise hold us forever

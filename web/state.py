@@ -28,6 +28,8 @@ class ServerConfig:
     max_ws_generations: int = 0  # across all sockets; 0: only the engine's queue limit
     # On SIGINT/SIGTERM: stop accepting, give in-flight requests this long, then end them.
     shutdown_timeout_s: float = 30.0
+    # A client that accepts no data for this long is disconnected (and its request aborted).
+    send_timeout_s: float = 30.0
     max_request_bytes: int = 16 * 1024 * 1024
     keep_alive_timeout_s: float = 5.0
     backlog: int = 2048

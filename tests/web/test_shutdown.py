@@ -15,7 +15,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.web.conftest import ServerThread, tiny_engine_config
-from tests.web.helpers import stream_sse, wait_for_metric
+from tests.web.helpers import metric, open_raw_request, read_metrics, stream_sse, wait_for_metric
 from web.state import ServerConfig
 
 pytestmark = pytest.mark.timeout(180)
@@ -138,3 +138,45 @@ async def test_triode_serve_stops_gracefully_on_a_signal(tiny_folder, signum):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+STALLING = {"prompt": "a", "max_tokens": 1000, "ignore_eos": True, "logprobs": 5, "stream": True}
+
+
+async def test_a_client_that_never_reads_is_dropped_after_the_send_timeout(tiny_folder):
+    thread = ServerThread(
+        tiny_engine_config(tiny_folder, num_kv_blocks=256), ServerConfig(port=0, send_timeout_s=0.5)
+    )
+    server = thread.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            stalled = await open_raw_request(
+                server.url, "/v1/completions", STALLING, receive_buffer=4096
+            )
+            await wait_for_metric(client, "", "num_requests_running", lambda v: v == 1)
+            # The server gives up on the connection: the request is aborted, not finished.
+            await wait_for_metric(
+                client, "", "request_success_total", lambda v: v == 1, finished_reason="abort"
+            )
+            assert metric(await read_metrics(client, ""), "num_requests_running") == 0
+            await stalled.aclose()
+    finally:
+        await trio.to_thread.run_sync(thread.stop)
+
+
+async def test_a_client_that_never_reads_cannot_hold_up_the_shutdown(tiny_folder):
+    thread = ServerThread(
+        tiny_engine_config(tiny_folder, num_kv_blocks=256),
+        ServerConfig(port=0, send_timeout_s=3600, shutdown_timeout_s=0.2),
+    )
+    server = thread.start()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        stalled = await open_raw_request(
+            server.url, "/v1/completions", STALLING, receive_buffer=4096
+        )
+        await wait_for_metric(client, "", "num_requests_running", lambda v: v == 1)
+    start = time.monotonic()
+    await trio.to_thread.run_sync(thread.stop)
+    print(f"shutdown with a stalled reader took {time.monotonic() - start:.2f} s")
+    assert time.monotonic() - start < 10
+    await stalled.aclose()
