@@ -7,10 +7,13 @@ thread with its own trio loop (`ServerThread`); tests talk to it over real socke
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -51,9 +54,22 @@ class ServerThread:
         finally:
             self._ready.set()
 
-    def start(self) -> RunningServer:
+    def start(self, probe_health: bool = False) -> RunningServer:
+        """Start and wait until ready; `probe_health` polls /health meanwhile (it needs a fixed
+        port) and keeps the answers in `health_while_starting`."""
+        self.health_while_starting: list[tuple[int, Any]] = []
         self._thread.start()
-        if not self._ready.wait(START_TIMEOUT_S) or self.server is None:
+        url = f"http://{self.server_config.host}:{self.server_config.port}/health"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._ready.wait(0.05 if probe_health else START_TIMEOUT_S):
+            if time.monotonic() > deadline:
+                break
+            try:
+                response = httpx.get(url, timeout=1)
+            except httpx.TransportError:  # not bound yet
+                continue
+            self.health_while_starting.append((response.status_code, response.json()))
+        if self.server is None:
             raise RuntimeError(f"the test server did not start: {self.error!r}")
         return self.server
 
@@ -101,7 +117,25 @@ def tiny_server(tiny_folder) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
-def smol_server() -> Iterator[RunningServer]:
-    """The real SmolLM2-135M-Instruct, for tests where the text must mean something."""
+def smol_thread() -> Iterator[ServerThread]:
+    """The real SmolLM2-135M-Instruct, for tests where the text must mean something; /health
+    is polled while it loads (the answers are in `health_while_starting`)."""
     engine_config = EngineConfig(num_kv_blocks=512, max_num_seqs=16, num_threads=2)
-    yield from running_server(engine_config, ServerConfig(port=0, shutdown_timeout_s=5.0))
+    thread = ServerThread(engine_config, ServerConfig(port=free_port(), shutdown_timeout_s=5.0))
+    thread.start(probe_health=True)
+    try:
+        yield thread
+    finally:
+        thread.stop()
+
+
+@pytest.fixture(scope="session")
+def smol_server(smol_thread) -> RunningServer:
+    assert smol_thread.server is not None
+    return smol_thread.server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

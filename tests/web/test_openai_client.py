@@ -31,6 +31,16 @@ def model(client):
     return client.models.list().data[0].id
 
 
+def test_health_is_503_while_the_model_loads(smol_thread, client):
+    # Polled from the moment the socket was bound until the engine was ready.
+    statuses = [status for status, _ in smol_thread.health_while_starting]
+    assert 503 in statuses, statuses
+    loading = next(body for status, body in smol_thread.health_while_starting if status == 503)
+    assert loading["error"]["code"] == "engine_not_ready"
+    assert statuses == sorted(statuses, reverse=True)  # 503s, then (maybe) 200s
+    assert client.models.list().data  # and serving now
+
+
 def test_chat_stream_equals_non_stream_and_usage_comes_last(client, model):
     whole = client.chat.completions.create(
         model=model, messages=QUESTION, temperature=0, max_tokens=40
