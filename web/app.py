@@ -33,6 +33,7 @@ from web.errors import ApiError, api_error_from
 from web.formatting import TokenTexts
 from web.routes_admin import register_admin_routes
 from web.routes_openai import register_openai_routes
+from web.routes_page import PAGE_PATHS, register_page_routes
 from web.routes_ws import register_ws_route
 from web.state import AppState
 
@@ -84,7 +85,8 @@ class TriodeApp(QuartTrio):
 
 
 def create_app(state: AppState) -> TriodeApp:
-    app = TriodeApp("triode")
+    # static_folder=None: no implicit /static route serving the working directory's files.
+    app = TriodeApp("triode", static_folder=None)
     app.config.update(
         # A stream lasts as long as its generation; Quart's defaults would cut it.
         RESPONSE_TIMEOUT=None,
@@ -103,7 +105,7 @@ def create_app(state: AppState) -> TriodeApp:
         if request.method == "OPTIONS" and origin is not None:  # a CORS preflight
             requested = request.headers.get("Access-Control-Request-Headers")
             return Response(b"", status=204, headers=preflight_headers(origin, requested))
-        if request.path not in OPEN_PATHS:
+        if request.path not in OPEN_PATHS and request.path not in PAGE_PATHS:
             refusal = check_key(state.config.api_key, [bearer_token(request.headers)])
             if refusal is not None:
                 return refusal.to_response()
@@ -135,4 +137,5 @@ def create_app(state: AppState) -> TriodeApp:
     register_openai_routes(app, state, texts)
     register_admin_routes(app, state)
     register_ws_route(app, state, texts)
+    register_page_routes(app)
     return app
