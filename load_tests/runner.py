@@ -1,0 +1,165 @@
+"""Drive a workload through transports: closed loop (fixed concurrency) or open loop (Poisson).
+
+    result = await run_workload([transport], specs, RunConfig(mode="closed", concurrency=64))
+
+Closed loop: `concurrency` clients, each sending its next request as soon as the previous one
+ends. Open loop: requests arrive at `rate` per second with exponential gaps drawn from `seed`,
+whatever the server's state (optionally capped at `max_concurrency` in flight, in which case a
+request waits client-side and its latencies start when it is actually sent). Waves (the soak):
+`wave_size` requests start at once every `wave_interval_s` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import trio
+from tqdm import tqdm
+
+from load_tests.record import TIMEOUT, ReadBehaviour, RequestRecord, RequestRecorder
+from load_tests.stats import Summary, summarize
+from load_tests.workload import RequestSpec
+
+
+class Transport(Protocol):
+    name: str
+
+    async def send(self, spec: RequestSpec, recorder: RequestRecorder) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    mode: Literal["closed", "open", "waves"] = "closed"
+    concurrency: int = 16  # closed loop
+    rate: float = 1.0  # open loop: requests per second
+    max_concurrency: int = 0  # open loop: 0 = no cap
+    seed: int = 0  # open loop arrivals
+    wave_size: int = 100  # waves: this many requests start at once ...
+    wave_interval_s: float = 1.0  # ... every this many seconds
+    request_timeout_s: float = 600.0
+    show_progress: bool = True
+    progress_label: str = ""
+
+
+@dataclass(slots=True)
+class RunResult:
+    records: list[RequestRecord]
+    duration_s: float
+    summary: Summary
+
+
+def arrival_offsets(num: int, rate: float, seed: int) -> list[float]:
+    """Poisson arrivals: the first at 0, then exponential gaps with mean 1/rate."""
+    if rate <= 0:
+        raise ValueError("rate must be positive")
+    rng = random.Random(seed)
+    offsets, t = [], 0.0
+    for _ in range(num):
+        offsets.append(t)
+        t += rng.expovariate(rate)
+    return offsets
+
+
+def raise_open_file_limit(wanted: int = 65536) -> int:
+    """Raise the soft RLIMIT_NOFILE toward `wanted` (capped by the hard limit); returns it.
+
+    Every socket is a file descriptor: a default soft limit of 1024 stops a thousand clients.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+async def run_workload(
+    transports: Sequence[Transport],
+    specs: Sequence[RequestSpec],
+    config: RunConfig,
+    behaviour_of: Callable[[RequestSpec], ReadBehaviour] | None = None,
+) -> RunResult:
+    """Send every spec (request i over transports[i % len(transports)]); wait for all."""
+    records: list[RequestRecord | None] = [None] * len(specs)
+    progress = tqdm(
+        total=len(specs),
+        desc=config.progress_label or None,
+        unit="req",
+        disable=not config.show_progress,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    counts = {"errors": 0, "tokens": 0}
+    run_start = time.perf_counter()
+    last_end = run_start
+
+    async def one(slot: int, spec: RequestSpec) -> None:
+        nonlocal last_end
+        transport = transports[slot % len(transports)]
+        behaviour = behaviour_of(spec) if behaviour_of is not None else None
+        recorder = RequestRecorder(spec.index, transport.name, run_start, behaviour)
+        leave_after = math.inf
+        if behaviour is not None and behaviour.disconnect_after_s is not None:
+            leave_after = behaviour.disconnect_after_s
+        with trio.move_on_after(config.request_timeout_s) as scope:
+            with trio.move_on_after(leave_after) as leave:
+                await transport.send(spec, recorder)
+            if leave.cancelled_caught and not recorder.record.is_ok:
+                recorder.abandon()  # the transport dropped the connection on the way out
+        if scope.cancelled_caught:
+            recorder.fail(TIMEOUT, f"no end after {config.request_timeout_s} s")
+        records[slot] = recorder.record
+        last_end = max(last_end, time.perf_counter())
+        counts["errors"] += recorder.is_failed
+        counts["tokens"] += recorder.record.output_tokens
+        progress.update(1)
+        elapsed = last_end - run_start
+        progress.set_postfix(
+            errors=counts["errors"], tok_s=f"{counts['tokens'] / max(elapsed, 1e-9):.0f}",
+            refresh=False,
+        )  # fmt: skip
+
+    try:
+        async with trio.open_nursery() as nursery:
+            if config.mode == "closed":
+                queue = iter(enumerate(specs))
+
+                async def client() -> None:
+                    for slot, spec in queue:  # shared: each request goes to one client
+                        await one(slot, spec)
+
+                for _ in range(min(config.concurrency, len(specs))):
+                    nursery.start_soon(client)
+            elif config.mode == "open":
+                limiter = trio.CapacityLimiter(config.max_concurrency or math.inf)
+
+                async def capped(slot: int, spec: RequestSpec) -> None:
+                    async with limiter:
+                        await one(slot, spec)
+
+                offsets = arrival_offsets(len(specs), config.rate, config.seed)
+                for slot, (spec, offset) in enumerate(zip(specs, offsets)):
+                    await trio.sleep_until(trio.current_time() + offset - _since(run_start))
+                    nursery.start_soon(capped, slot, spec)
+            elif config.mode == "waves":
+                for slot, spec in enumerate(specs):
+                    wave_start = (slot // config.wave_size) * config.wave_interval_s
+                    await trio.sleep_until(trio.current_time() + wave_start - _since(run_start))
+                    nursery.start_soon(one, slot, spec)
+            else:
+                raise ValueError(f"unknown mode {config.mode!r}")
+    finally:
+        progress.close()
+    done = [r for r in records if r is not None]
+    duration = last_end - run_start
+    return RunResult(done, duration, summarize(done, duration))
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
