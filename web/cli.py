@@ -124,9 +124,18 @@ def run_serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
     except EngineLoadError as exc:
         print(f"triode: the model failed to load: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # a second Ctrl-C: stop without waiting
-        return 130
+    except BaseException as exc:
+        if _is_only_keyboard_interrupts(exc):  # a second Ctrl-C: stopped without waiting
+            print("triode: stopped without waiting for in-flight requests", file=sys.stderr)
+            return 130
+        raise
     return 0
+
+
+def _is_only_keyboard_interrupts(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_only_keyboard_interrupts(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
 
 
 async def wait_for_stop_signal() -> None:

@@ -102,8 +102,13 @@ async def test_requests_still_running_at_the_deadline_end_with_an_error(tiny_fol
     assert results["stop_s"] < 10
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-async def test_triode_serve_stops_gracefully_on_a_signal(tiny_folder, signum):
+@pytest.mark.parametrize(
+    ("signals", "exit_code"),
+    [([signal.SIGTERM], 0), ([signal.SIGINT], 0), ([signal.SIGINT, signal.SIGINT], 130)],
+    ids=["SIGTERM", "SIGINT", "SIGINT-twice"],
+)
+async def test_triode_serve_stops_on_signals(tiny_folder, signals, exit_code):
+    """One signal: in-flight requests finish, exit 0. A second SIGINT: stop at once, exit 130."""
     command = [
         sys.executable, "-m", "web.cli", "serve", "--port", "0", "--model", str(tiny_folder),
         "--served-model-name", "tiny", "--num-kv-blocks", "256", "--num-threads", "1",
@@ -117,23 +122,34 @@ async def test_triode_serve_stops_gracefully_on_a_signal(tiny_folder, signum):
                 assert chunk, log.decode()
                 log += chunk
         url = match.group(1).decode()
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-            body = {"prompt": "Once", "max_tokens": 200, "ignore_eos": True, "stream": True}
-            async with trio.open_nursery() as nursery:
-                result: dict = {}
+        max_tokens = 200 if exit_code == 0 else 1000
+        body = {"prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+        result: dict = {}
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=60) as client,
+            trio.open_nursery() as nursery,
+        ):
 
-                async def read() -> None:
+            async def read() -> None:
+                try:
                     result["sse"] = await stream_sse(client, "/v1/completions", body)
+                except httpx.HTTPError as exc:  # a forced stop cuts the stream
+                    result["error"] = exc
 
-                nursery.start_soon(read)
-                await wait_for_metric(client, "", "num_requests_running", lambda v: v == 1)
+            nursery.start_soon(read)
+            await wait_for_metric(client, "", "num_requests_running", lambda v: v == 1)
+            for signum in signals:
                 process.send_signal(signum)
-        sse = result["sse"]
-        assert sse.is_done and sse.chunks[-1]["choices"][0]["finish_reason"] == "length"
+                await trio.sleep(0.2)
         with trio.fail_after(60):
             while chunk := await process.stderr.receive_some():
                 log += chunk
-            assert await process.wait() == 0, log.decode()
+            assert await process.wait() == exit_code, log.decode()
+        if exit_code == 0:
+            sse = result["sse"]
+            assert sse.is_done and sse.chunks[-1]["choices"][0]["finish_reason"] == "length"
+        else:
+            assert b"stopped without waiting" in log
     finally:
         if process.returncode is None:
             process.kill()
