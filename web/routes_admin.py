@@ -17,10 +17,8 @@ def register_admin_routes(app: Quart, state: AppState) -> None:
     async def health() -> Response:
         """200 while the engine serves; 503 while loading, draining, or after it died."""
         engine = state.engine
-        if state.load_error is not None:
-            error = service_unavailable(
-                f"the model failed to load: {state.load_error}", "engine_dead"
-            )
+        if state.engine_error is not None:
+            error = service_unavailable(f"the engine failed: {state.engine_error}", "engine_dead")
         elif engine.dead_reason is not None:
             error = service_unavailable(f"the engine failed: {engine.dead_reason}", "engine_dead")
         elif state.is_draining:

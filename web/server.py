@@ -78,6 +78,7 @@ async def serve(
     app = create_app(state)
     engine_loaded = trio.Event()
     engine_stopped = trio.Event()
+    is_started = False
 
     async with trio.open_nursery() as nursery:
 
@@ -102,33 +103,46 @@ async def serve(
         nursery.start_soon(_run_engine, state, engine_loaded, engine_stopped)
         binds = await nursery.start(run_http)
         await engine_loaded.wait()
-        if state.load_error is not None:
+        if state.engine_error is not None:
             nursery.cancel_scope.cancel()
         else:
             url = next((b for b in binds if b.startswith("http://")), binds[0])
             logger.info("serving %s on %s", state.engine.engine.model_name, url)
             task_status.started(RunningServer(url, state, app))
-    if state.load_error is not None:  # raised out here, not wrapped in the nursery's group
-        raise EngineLoadError(state.load_error)
+            is_started = True
+    if state.engine_error is not None and not is_started:  # out here: not wrapped in a group
+        raise EngineLoadError(state.engine_error)
 
 
 async def _run_engine(state: AppState, loaded: trio.Event, stopped: trio.Event) -> None:
-    """The engine's supervisor: a failure to load is recorded, never raised into the server."""
+    """The engine's supervisor: its failure is recorded (and /health says so), never raised
+    into the server's nursery, where it would take the open connections down with it."""
     try:
         await _start_engine(state, loaded)
     except Exception as exc:
-        logger.exception("the engine failed to load")
-        state.load_error = f"{type(exc).__name__}: {exc}"
+        when = "while running" if loaded.is_set() else "to load"
+        logger.exception("the engine failed %s", when)
+        state.engine_error = f"{type(exc).__name__}: {exc}"
     finally:
         loaded.set()
         stopped.set()
 
 
 async def _start_engine(state: AppState, loaded: trio.Event) -> None:
-    async with trio.open_nursery() as nursery:
-        await nursery.start(state.engine.run)
-        loaded.set()
+    # Awaited directly rather than through nursery.start, so a load failure arrives as itself
+    # instead of wrapped in a nursery's exception group.
+    await state.engine.run(task_status=_SetOnStart(loaded))
     # run() returned: shut down, or the engine died (it stays dead; /health reports it).
+
+
+class _SetOnStart:
+    """A task_status that sets an event when the engine reports it is ready."""
+
+    def __init__(self, event: trio.Event) -> None:
+        self._event = event
+
+    def started(self, value: object = None) -> None:
+        self._event.set()
 
 
 async def _end_stragglers(state: AppState) -> None:

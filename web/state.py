@@ -45,7 +45,7 @@ class AppState:
     config: ServerConfig
     ws_limits: WebSocketLimits
     draining: trio.Event = field(default_factory=trio.Event)
-    load_error: str | None = None
+    engine_error: str | None = None  # the engine task failed (to load, or later)
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod

@@ -14,8 +14,10 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from engine.config import EngineConfig
 from tests.web.conftest import ServerThread, tiny_engine_config
 from tests.web.helpers import metric, open_raw_request, read_metrics, stream_sse, wait_for_metric
+from web.server import EngineLoadError, serve
 from web.state import ServerConfig
 
 pytestmark = pytest.mark.timeout(180)
@@ -196,3 +198,9 @@ async def test_a_client_that_never_reads_cannot_hold_up_the_shutdown(tiny_folder
     print(f"shutdown with a stalled reader took {time.monotonic() - start:.2f} s")
     assert time.monotonic() - start < 10
     await stalled.aclose()
+
+
+async def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
+    config = EngineConfig(model=str(tmp_path / "no-such-model"))
+    with trio.fail_after(60), pytest.raises(EngineLoadError, match="ModelNotFoundError"):
+        await serve(config, ServerConfig(port=0))
