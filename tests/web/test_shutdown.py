@@ -104,6 +104,28 @@ async def test_requests_still_running_at_the_deadline_end_with_an_error(tiny_fol
     assert results["stop_s"] < 10
 
 
+class ServerProcess:
+    """`triode serve` as a subprocess, its log collected as it is written."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.log = b""
+        self._grew = trio.Event()
+
+    async def collect_log(self) -> None:
+        while chunk := await self.process.stderr.receive_some():
+            self.log += chunk
+            self._grew.set()
+            self._grew = trio.Event()
+
+    async def wait_for_log(self, pattern: bytes) -> re.Match:
+        with trio.fail_after(120):
+            while not (match := re.search(pattern, self.log)):
+                assert self.process.returncode is None, self.log.decode()
+                await self._grew.wait()
+        return match
+
+
 @pytest.mark.parametrize(
     ("signals", "exit_code"),
     [([signal.SIGTERM], 0), ([signal.SIGINT], 0), ([signal.SIGINT, signal.SIGINT], 130)],
@@ -115,47 +137,46 @@ async def test_triode_serve_stops_on_signals(tiny_folder, signals, exit_code):
         sys.executable, "-m", "web.cli", "serve", "--port", "0", "--model", str(tiny_folder),
         "--served-model-name", "tiny", "--num-kv-blocks", "256", "--num-threads", "1",
     ]  # fmt: skip
-    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
-    log = b""
+    server = ServerProcess(await trio.lowlevel.open_process(command, stderr=subprocess.PIPE))
     try:
-        with trio.fail_after(120):
-            while not (match := re.search(rb"serving tiny on (http://[\d.:]+)", log)):
-                chunk = await process.stderr.receive_some()
-                assert chunk, log.decode()
-                log += chunk
-        url = match.group(1).decode()
-        max_tokens = 200 if exit_code == 0 else 1000
-        body = {"prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
-        result: dict = {}
-        async with (
-            httpx.AsyncClient(base_url=url, timeout=60) as client,
-            trio.open_nursery() as nursery,
-        ):
+        async with trio.open_nursery() as outer:
+            outer.start_soon(server.collect_log)
+            url = (
+                (await server.wait_for_log(rb"serving tiny on (http://[\d.:]+)")).group(1).decode()
+            )
+            max_tokens = 200 if exit_code == 0 else 1000
+            body = {"prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+            result: dict = {}
+            async with (
+                httpx.AsyncClient(base_url=url, timeout=60) as client,
+                trio.open_nursery() as nursery,
+            ):
 
-            async def read() -> None:
-                try:
-                    result["sse"] = await stream_sse(client, "/v1/completions", body)
-                except httpx.HTTPError as exc:  # a forced stop cuts the stream
-                    result["error"] = exc
+                async def read() -> None:
+                    try:
+                        result["sse"] = await stream_sse(client, "/v1/completions", body)
+                    except httpx.HTTPError as exc:  # a forced stop cuts the stream
+                        result["error"] = exc
 
-            nursery.start_soon(read)
-            await wait_for_metric(client, "", "num_requests_running", lambda v: v == 1)
-            for signum in signals:
-                process.send_signal(signum)
-                await trio.sleep(0.2)
-        with trio.fail_after(60):
-            while chunk := await process.stderr.receive_some():
-                log += chunk
-            assert await process.wait() == exit_code, log.decode()
+                nursery.start_soon(read)
+                await wait_for_metric(client, "", "num_requests_running", lambda v: v == 1)
+                server.process.send_signal(signals[0])
+                # NOTE: two signals before the first is handled count as one (trio keeps one
+                # pending signal per number), so the second waits until the first was seen.
+                await server.wait_for_log(rb"received SIG")
+                for signum in signals[1:]:
+                    server.process.send_signal(signum)
+            with trio.fail_after(60):
+                assert await server.process.wait() == exit_code, server.log.decode()
         if exit_code == 0:
             sse = result["sse"]
             assert sse.is_done and sse.chunks[-1]["choices"][0]["finish_reason"] == "length"
         else:
-            assert b"stopped without waiting" in log
+            assert b"stopped without waiting" in server.log
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        if server.process.returncode is None:
+            server.process.kill()
+            await server.process.wait()
 
 
 STALLING = {"prompt": "a", "max_tokens": 1000, "ignore_eos": True, "logprobs": 5, "stream": True}
