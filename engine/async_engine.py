@@ -1,9 +1,9 @@
 """AsyncEngine: the trio actor that owns an LLMEngine.
 
 One task (`run`) owns the engine; everything else talks to it through a bounded command
-channel (add, abort, shutdown). Each step runs in a worker thread (`trio.to_thread.run_sync`) so
-the event loop keeps serving sockets meanwhile; commands that arrive during a step are applied
-between steps. When there is nothing to do the task blocks on its inbox: it never polls.
+channel (add, shutdown) and a set of pending aborts (adding to it never blocks). Each step runs
+in a worker thread (`trio.to_thread.run_sync`) so the event loop keeps serving sockets
+meanwhile; commands and aborts that arrive during a step are applied between steps. When there is nothing to do the task blocks on its inbox: it never polls.
 
     async with trio.open_nursery() as nursery:
         engine = AsyncEngine(EngineConfig())
@@ -61,11 +61,6 @@ class _Add:
     stream: RequestStream
 
 
-@dataclass(slots=True)
-class _Abort:
-    request_id: str
-
-
 class _Shutdown:
     pass
 
@@ -88,6 +83,7 @@ class AsyncEngine:
         self._send, self._recv = trio.open_memory_channel[Any](_INBOX_SIZE)
         self._tracked: dict[str, _Tracked] = {}
         self._num_queued_adds = 0  # sent but not yet applied
+        self._pending_aborts: set[str] = set()
         self._num_waiting = 0  # the engine's waiting queue after the last step
         self._ready = False
         self._dead_reason: str | None = None
@@ -151,6 +147,10 @@ class AsyncEngine:
                     break
                 if not self._apply(command):
                     return
+            if self._pending_aborts:
+                aborts = list(self._pending_aborts)
+                self._pending_aborts.clear()
+                self._dispatch(engine.abort(aborts))
             if not engine.has_unfinished_requests():
                 self._update_engine_metrics()
                 continue
@@ -176,8 +176,6 @@ class AsyncEngine:
                 command.stream.finish_nowait(lambda i: _error_delta(command.request_id, i, message))
                 return True
             self._num_waiting += 1
-        elif isinstance(command, _Abort):
-            self._dispatch(engine.abort([command.request_id]))
         elif isinstance(command, _Shutdown):
             return False
         return True
@@ -284,13 +282,19 @@ class AsyncEngine:
             raise
         return stream
 
-    async def abort(self, request_id: str) -> None:
-        """Abort a request (all its samples); its KV blocks return to the pool between steps."""
+    def abort_nowait(self, request_id: str) -> None:
+        """Abort a request (all its samples); its KV blocks return to the pool before the next
+        step. Never blocks, so a burst of disconnects cannot wait on a full command queue;
+        the pending set holds at most one entry per tracked request."""
         if self._stopped or self._dead_reason is not None:
             return
-        # If the engine stopped meanwhile, it released everything on the way out.
-        with contextlib.suppress(trio.BrokenResourceError):
-            await self._send.send(_Abort(request_id))
+        if request_id in self._tracked:
+            self._pending_aborts.add(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        """`abort_nowait`, for callers that prefer to await."""
+        self.abort_nowait(request_id)
+        await trio.lowlevel.checkpoint()
 
     async def shutdown(self) -> None:
         """Stop the actor after the current step; unfinished requests end with an error."""

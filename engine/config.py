@@ -42,7 +42,6 @@ class EngineConfig:
 
     # Front-door limits used by the async engine and the server.
     max_num_waiting: int = 1024
-    max_queue_time_s: float | None = None
 
     attention_backend: str = "auto"
     # CPU matmuls: auto = oneDNN where available (about 2x torch's default BLAS on AMD CPUs).

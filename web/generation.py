@@ -7,11 +7,8 @@ client leaving, a cancel message, an error, or shutdown.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import Any
-
-import trio
 
 from engine.async_engine import AsyncEngine
 from streaming.delta import RequestDelta
@@ -19,12 +16,6 @@ from streaming.request_stream import RequestStream
 from web.errors import ApiError, internal_error, service_unavailable
 from web.formatting import ChoiceState, TokenTexts, format_for
 from web.prepare import PreparedRequest
-
-logger = logging.getLogger(__name__)
-
-# NOTE: abort only queues a command for the engine task; a second is plenty, and the shield
-# lets it through even though the handler calling it is being cancelled.
-ABORT_TIMEOUT_S = 1.0
 
 
 class Generation:
@@ -153,14 +144,9 @@ class Generation:
 
 
 async def _abort(engine: AsyncEngine, streams: list[RequestStream]) -> None:
-    if not streams:
-        return
-    with trio.move_on_after(ABORT_TIMEOUT_S) as scope:
-        scope.shield = True
-        for stream in streams:
-            await engine.abort(stream.request_id)
-    if scope.cancelled_caught:
-        logger.warning("abort of %d request(s) timed out", len(streams))
+    # abort_nowait never blocks, so this is safe inside a cancelled handler's cleanup.
+    for stream in streams:
+        engine.abort_nowait(stream.request_id)
 
 
 def _failure(delta: RequestDelta) -> ApiError:
