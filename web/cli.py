@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -119,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
     from web.server import EngineLoadError, serve
 
+    raise_open_file_limit()
     try:
         trio.run(partial(serve, engine_config, server_config, wait_for_stop_signal))
     except EngineLoadError as exc:
@@ -136,6 +138,15 @@ def _is_only_keyboard_interrupts(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_only_keyboard_interrupts(e) for e in exc.exceptions)
     return isinstance(exc, KeyboardInterrupt)
+
+
+def raise_open_file_limit(wanted: int = 65536) -> None:
+    """Lift the soft RLIMIT_NOFILE toward the hard limit: every client socket is a file
+    descriptor, and a common default soft limit of 1024 refuses connections near a thousand."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 async def wait_for_stop_signal() -> None:
