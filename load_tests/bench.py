@@ -2,8 +2,14 @@
 subprocess on 127.0.0.1, waited for (/health), loaded, and stopped before the next one starts
 (never two at once: they would share the two cores).
 
-    chrt -f 10 python -m load_tests bench --servers triode,transformers \\
-        --num-requests 64 --concurrency 16 --max-tokens 128 --ignore-eos
+    chrt -f 20 python -m load_tests bench --server-prefix "chrt -f 10" \\
+        --servers triode,transformers --num-requests 64 --concurrency 16 --max-tokens 128 \\
+        --ignore-eos
+
+NOTE: under real-time scheduling the load generator must outrank the servers (20 > 10). At equal
+priority a server's torch threads keep both cores busy through every step, the client gets a
+core only when they all block, and it then reads many steps' chunks at once: TTFT and ITL
+measure the client's starvation, not the server (seen here: TTFT p50 1.4 s instead of 0.18 s).
 
 Servers: `triode` (`triode serve`), `transformers` (load_tests/hf_server.py: generate() in
 static batches), `vllm` (vLLM's OpenAI server from another interpreter, `--vllm-python`).
@@ -51,6 +57,11 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
         help="model folder for transformers/vLLM (default: the bundled SmolLM2's)",
     )
     group.add_argument(
+        "--server-prefix",
+        default="",
+        help="a command the servers run under, e.g. 'chrt -f 10' (see the module docstring)",
+    )
+    group.add_argument(
         "--ready-timeout", type=float, default=900.0, help="seconds to wait for a server's /health"
     )
     group.add_argument(
@@ -62,6 +73,12 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
 
 
 def server_command(name: str, args: argparse.Namespace) -> ServerCommand:
+    command = _server_command(name, args)
+    prefix = shlex.split(args.server_prefix)
+    return ServerCommand(command.name, [*prefix, *command.argv], command.port, command.env)
+
+
+def _server_command(name: str, args: argparse.Namespace) -> ServerCommand:
     port = free_port()
     if name == "triode":
         return triode_command(port, *shlex.split(args.triode_args))

@@ -4,7 +4,7 @@
         --num-requests 500 --max-tokens 32 --json triode.json --png triode.png
     python -m load_tests run --url http://127.0.0.1:8001 --label vllm --json vllm.json
     python -m load_tests compare triode.json vllm.json --png compare.png
-    python -m load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 500
+    python -m load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 400
     python -m load_tests bench --servers triode,transformers --ignore-eos
     python -m load_tests hf-server --port 8001          # the transformers baseline server
 """
@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--model", default=None)
     soak.add_argument("--api-key", default=None)
     soak.add_argument("--waves", type=int, default=6)
-    soak.add_argument("--wave-size", type=int, default=500)
-    soak.add_argument("--wave-interval", type=float, default=10.0, help="seconds between waves")
+    soak.add_argument("--wave-size", type=int, default=400)
+    soak.add_argument("--wave-interval", type=float, default=15.0, help="seconds between waves")
     soak.add_argument("--disconnect-fraction", type=float, default=0.2)
     soak.add_argument("--early-disconnect-fraction", type=float, default=0.1)
     soak.add_argument("--slow-fraction", type=float, default=0.2)

@@ -51,7 +51,10 @@ def plot_results(results: Sequence[LoadResult], path: str | Path, bin_s: float =
         ax.set_ylabel("fraction of requests" if ax is not itl_ax else "fraction of gaps")
         ax.set_ylim(0, 1.01)
         ax.grid(alpha=0.3)
-    itl_ax.set_xscale("symlog", linthresh=1.0)  # a long tail of stalls next to ms-scale gaps
+    # Stalls of seconds beside gaps of milliseconds (and 0 for chunks read together): linear
+    # up to 1 ms, logarithmic beyond.
+    itl_ax.set_xscale("symlog", linthresh=1.0)
+    itl_ax.set_xlim(left=0)
     rate_ax.set_title(f"Output tokens/s over time ({bin_s:g} s bins)")
     rate_ax.set_xlabel("s since the run started")
     rate_ax.set_ylabel("tokens/s")

@@ -4,7 +4,7 @@
         ...
 
 Output goes to a log file (one per server) so a failed start can be diagnosed; stopping sends
-SIGINT (graceful), then SIGKILL if the server is still there after a timeout.
+SIGTERM (graceful), then SIGKILL if the server is still there after a timeout.
 """
 
 from __future__ import annotations
@@ -111,7 +111,8 @@ async def running_server(
 async def stop_process(process: trio.Process, timeout_s: float = _STOP_TIMEOUT_S) -> None:
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGINT)
+    # SIGTERM, not SIGINT: a child of a background job inherits SIGINT ignored.
+    process.send_signal(signal.SIGTERM)
     with trio.move_on_after(timeout_s):
         await process.wait()
         return

@@ -1,7 +1,7 @@
 """The soak: thousands of connections in waves, some leaving mid-stream, some reading slowly;
 then /metrics must show nothing left behind.
 
-    python -m load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 500
+    python -m load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 400
 
 Every request opens its own connection (SSE and WebSocket alternate) and draws, from the seed,
 one of four behaviours: read normally; disconnect after a few text chunks; disconnect after a
@@ -29,8 +29,8 @@ class SoakConfig:
     url: str
     model: str
     num_waves: int = 6
-    wave_size: int = 500
-    wave_interval_s: float = 10.0
+    wave_size: int = 400
+    wave_interval_s: float = 15.0
     disconnect_fraction: float = 0.2  # after a few chunks
     early_disconnect_fraction: float = 0.1  # after a short time, usually before any token
     slow_fraction: float = 0.2
