@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import trio
 
+from load_tests.runner import RunConfig, run_workload
+from load_tests.server_metrics import metric_values, scrape, wait_until_idle
 from load_tests.soak import SoakConfig, assign_behaviours, run_soak
-from load_tests.workload import TokenRange, build_specs
+from load_tests.transports import open_transports
+from load_tests.workload import SamplingOptions, TokenRange, build_specs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,3 +53,25 @@ def test_behaviours_are_seeded_and_proportional():
     for spec in specs:
         after = chosen[spec.index].disconnect_after
         assert after is None or 1 <= after <= spec.max_tokens
+
+
+async def test_leak_check_sees_a_request_in_flight(load_server):
+    """The soak's verdict means something only if a request still running reads as a leak."""
+    [spec] = build_specs(1, prompt_set="chat", max_tokens=TokenRange(900, 900))
+    options = SamplingOptions("tiny", ignore_eos=True)
+    async with (
+        open_transports(["ws"], load_server.url, options) as transports,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(run_workload, transports, [spec], RunConfig(show_progress=False))
+        with trio.fail_after(10):
+            while not metric_values(await scrape(load_server.url)).get(
+                "triode:num_requests_running"
+            ):
+                await trio.sleep(0.01)
+        busy = await wait_until_idle(load_server.url, grace_s=0.2)
+        assert not busy.is_clean and busy.describe().startswith("LEAK")
+        assert busy.values["triode:kv_cache_usage_perc"] > 0
+        nursery.cancel_scope.cancel()  # the client leaves: the server must let go
+    idle = await wait_until_idle(load_server.url, grace_s=10)
+    assert idle.is_clean, idle.describe()
