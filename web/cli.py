@@ -16,17 +16,20 @@ import resource
 import signal
 import sys
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import trio
 
-from engine.config import ATTENTION_BACKENDS, DTYPES, EngineConfig
+from engine.config import ATTENTION_BACKENDS, CPU_LINEAR_CHOICES, DTYPES, EngineConfig
 from web.state import ServerConfig
 
 logger = logging.getLogger("triode")
 
-_CHOICES = {"dtype": DTYPES, "attention_backend": ATTENTION_BACKENDS}
+_CHOICES = {
+    "dtype": DTYPES,
+    "attention_backend": ATTENTION_BACKENDS,
+    "cpu_linear": CPU_LINEAR_CHOICES,
+}
 _SCALARS = {"str": str, "int": int, "float": float}
 # In `generate`, --seed is the sampling seed; the engine's own seed moves aside.
 _GENERATE_RENAMES = {"seed": "engine_seed"}
@@ -118,26 +121,55 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
-    from web.server import EngineLoadError, serve
+    from web.server import EngineLoadError
 
     raise_open_file_limit()
     try:
-        trio.run(partial(serve, engine_config, server_config, wait_for_stop_signal))
+        stopped_at_once = trio.run(_serve_until_signalled, engine_config, server_config)
     except EngineLoadError as exc:
         print(f"triode: the model failed to load: {exc}", file=sys.stderr)
         return 1
-    except BaseException as exc:
-        if _is_only_keyboard_interrupts(exc):  # a second Ctrl-C: stopped without waiting
-            print("triode: stopped without waiting for in-flight requests", file=sys.stderr)
-            return 130
-        raise
+    if stopped_at_once:
+        print("triode: stopped without waiting for in-flight requests", file=sys.stderr)
+        return 130
     return 0
 
 
-def _is_only_keyboard_interrupts(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_only_keyboard_interrupts(e) for e in exc.exceptions)
-    return isinstance(exc, KeyboardInterrupt)
+async def _serve_until_signalled(engine_config: EngineConfig, server_config: ServerConfig) -> bool:
+    """Serve; the first SIGINT/SIGTERM shuts down gracefully, a second one stops at once.
+    Returns True for the second case.
+
+    NOTE: one signal receiver stays open for the whole run. Letting trio's default handler turn
+    the second SIGINT into KeyboardInterrupt is unreliable: it is raised in whatever task code
+    is running, and a handler's cleanup can swallow it.
+    """
+    from web.server import EngineLoadError, serve
+
+    first_signal = trio.Event()
+    load_error: EngineLoadError | None = None
+    stopped_at_once = False
+
+    async def watch_signals(cancel_scope: trio.CancelScope) -> None:
+        nonlocal stopped_at_once
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                logger.info("received %s", signal.Signals(signum).name)
+                if first_signal.is_set():
+                    stopped_at_once = True
+                    cancel_scope.cancel()
+                    return
+                first_signal.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals, nursery.cancel_scope)
+        try:
+            await serve(engine_config, server_config, first_signal.wait)
+        except EngineLoadError as exc:  # re-raised below, not wrapped in the nursery's group
+            load_error = exc
+        nursery.cancel_scope.cancel()
+    if load_error is not None:
+        raise load_error
+    return stopped_at_once
 
 
 def raise_open_file_limit(wanted: int = 65536) -> None:
@@ -147,14 +179,6 @@ def raise_open_file_limit(wanted: int = 65536) -> None:
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-async def wait_for_stop_signal() -> None:
-    """Return on the first SIGINT or SIGTERM; a second one falls through to the default."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            logger.info("received %s", signal.Signals(signum).name)
-            return
 
 
 if __name__ == "__main__":

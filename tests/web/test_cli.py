@@ -73,3 +73,20 @@ def test_generate_streams_text(tiny_folder):
     )
     assert out.getvalue().endswith("\n") and len(out.getvalue()) > 1
     assert err.getvalue().startswith("[5 tokens, finish_reason=length")
+
+
+def test_serve_exits_1_when_the_model_cannot_load(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "config.json").write_text(
+        '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "web.cli", "serve", "--port", "0", "--model", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "the model failed to load" in done.stderr and "unsupported architecture" in done.stderr
