@@ -23,7 +23,8 @@ class ServerConfig:
     # Browser origins allowed to call the API (CORS) and open WebSockets. Same-origin and
     # localhost origins are always allowed; "*" allows every origin.
     allowed_origins: list[str] = field(default_factory=list)
-    max_ws_connections: int = 100
+    # Idle sockets cost little (a few KiB each); chat frontends and load tests open thousands.
+    max_ws_connections: int = 4096
     max_ws_generations_per_socket: int = 32
     max_ws_generations: int = 0  # across all sockets; 0: only the engine's queue limit
     # On SIGINT/SIGTERM: stop accepting, give in-flight requests this long, then end them.
