@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import itertools
 import logging
 import os
 import shutil
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.reference import AttentionPlan, prefill_attention
+from kernels.reference import AttentionPlan, build_plan, prefill_attention
 
 logger = logging.getLogger(__name__)
 
@@ -149,16 +148,7 @@ def paged_attention(
 ) -> torch.Tensor:
     """Same contract as kernels.reference.paged_attention; decode tokens go through C."""
     if plan is None or (plan.decode_token_index is None and plan.decode_groups):
-        cu = cu_seqlens_q.tolist()
-        q_lens = [b - a for a, b in itertools.pairwise(cu)]
-        plan = AttentionPlan(
-            q_lens,
-            seq_lens.tolist(),
-            block_tables,
-            k_cache.shape[1],
-            2 * k_cache.shape[2] * k_cache.shape[3] * k_cache.element_size(),
-            fused_decode=True,
-        )
+        plan = build_plan(cu_seqlens_q, seq_lens, block_tables, k_cache, fused_decode=True)
     out = torch.empty_like(q)
     if plan.decode_token_index is not None:
         paged_decode(

@@ -150,12 +150,15 @@ def build_plan(
     seq_lens: torch.Tensor,
     block_tables: torch.Tensor,
     k_cache: torch.Tensor,
+    fused_decode: bool = False,
 ) -> AttentionPlan:
+    """A plan from the kernel arguments (the engine builds it from host lists instead)."""
     cu = cu_seqlens_q.tolist()
     q_lens = [b - a for a, b in itertools.pairwise(cu)]
     block_size, kvh, d = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    kv_bytes_per_token = 2 * kvh * d * k_cache.element_size()
     return AttentionPlan(
-        q_lens, seq_lens.tolist(), block_tables, block_size, 2 * kvh * d * k_cache.element_size()
+        q_lens, seq_lens.tolist(), block_tables, block_size, kv_bytes_per_token, fused_decode
     )
 
 
