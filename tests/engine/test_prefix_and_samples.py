@@ -74,38 +74,34 @@ def test_n_samples_are_indexed_and_reproducible_from_seed_plus_index(llm):
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1
 
 
+def roomy_and_tight(folder, prompts, params, tight_blocks):
+    """Token ids from an engine with room for everything and from one that must preempt."""
+    runs = []
+    for num_blocks in (256, tight_blocks):
+        llm = LLM(model=str(folder), block_size=4, num_kv_blocks=num_blocks)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        runs.append(([o.outputs[0].token_ids for o in outs], llm.engine.scheduler.num_preemptions))
+    return runs
+
+
 def test_preempted_requests_resume_with_identical_tokens(tiny_folder):
     prompts = [list(range(1000 + 50 * i, 1000 + 50 * i + 20 + 3 * i)) for i in range(6)]
     params = SamplingParams(temperature=0, max_tokens=20)
-    roomy = LLM(model=str(tiny_folder), block_size=4, num_kv_blocks=256)
-    tight = LLM(model=str(tiny_folder), block_size=4, num_kv_blocks=24)
-    want = [
-        o.outputs[0].token_ids
-        for o in roomy.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    ]
-    got = [
-        o.outputs[0].token_ids
-        for o in tight.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    ]
-    assert tight.engine.scheduler.num_preemptions > 0
-    assert roomy.engine.scheduler.num_preemptions == 0
+    (want, roomy_preemptions), (got, tight_preemptions) = roomy_and_tight(
+        tiny_folder, prompts, params, tight_blocks=24
+    )
+    assert tight_preemptions > 0
+    assert roomy_preemptions == 0
     assert got == want
 
 
 def test_seeded_sampling_survives_preemption(tiny_folder):
     prompts = [list(range(2000 + 40 * i, 2000 + 40 * i + 24)) for i in range(5)]
     params = [SamplingParams(temperature=0.8, top_p=0.9, seed=i, max_tokens=16) for i in range(5)]
-    roomy = LLM(model=str(tiny_folder), block_size=4, num_kv_blocks=256)
-    tight = LLM(model=str(tiny_folder), block_size=4, num_kv_blocks=20)
-    want = [
-        o.outputs[0].token_ids
-        for o in roomy.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    ]
-    got = [
-        o.outputs[0].token_ids
-        for o in tight.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    ]
-    assert tight.engine.scheduler.num_preemptions > 0
+    (want, _), (got, tight_preemptions) = roomy_and_tight(
+        tiny_folder, prompts, params, tight_blocks=20
+    )
+    assert tight_preemptions > 0
     assert got == want
 
 
