@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +40,6 @@ class StepTimings:
     sample: float = 0.0
     num_steps: int = 0
     num_tokens: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class ModelRunner:

@@ -294,8 +294,6 @@ class Scheduler:
             for sample in samples:
                 token = sampled[sample.request_id]
                 sample.append_output_token(token)
-                if sample.first_token_time is None:
-                    sample.first_token_time = time.monotonic()
                 updated.append(sample)
                 status = self._check_stop(sample, token)
                 if status is not None:

@@ -67,9 +67,3 @@ class RequestStream:
         if self._pending_by_index.get(delta.index) is delta:
             del self._pending_by_index[delta.index]
         return delta
-
-    def pending_nowait(self) -> list[RequestDelta]:
-        """Take everything queued without waiting (for tests and batch consumers)."""
-        taken, self._pending = self._pending, []
-        self._pending_by_index.clear()
-        return taken
