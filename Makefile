@@ -41,7 +41,7 @@ lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m load_tests.offline $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m triode.load_tests.offline $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,16 +1,16 @@
 """The engine core: requests, scheduler, KV-cache manager, model runner, sampler, models,
 the synchronous LLMEngine and the offline LLM API.
 
-    from engine import LLM, SamplingParams
+    from triode.engine import LLM, SamplingParams
     llm = LLM()  # the bundled SmolLM2-135M-Instruct
     out = llm.generate(["The capital of France is"], SamplingParams(max_tokens=8))
 """
 
-from engine.config import EngineConfig
-from engine.llm import LLM
-from engine.llm_engine import ContextLengthError, LLMEngine
-from engine.outputs import CompletionOutput, RequestOutput
-from engine.sampling_params import SamplingParams
+from triode.engine.config import EngineConfig
+from triode.engine.llm import LLM
+from triode.engine.llm_engine import ContextLengthError, LLMEngine
+from triode.engine.outputs import CompletionOutput, RequestOutput
+from triode.engine.sampling_params import SamplingParams
 
 __all__ = [
     "LLM",

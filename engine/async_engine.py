@@ -26,12 +26,12 @@ from typing import Any
 
 import trio
 
-from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.metrics import EngineMetrics
-from engine.sampling_params import SamplingParams
-from streaming.delta import RequestDelta
-from streaming.request_stream import RequestStream
+from triode.engine.config import EngineConfig
+from triode.engine.llm_engine import LLMEngine
+from triode.engine.metrics import EngineMetrics
+from triode.engine.sampling_params import SamplingParams
+from triode.streaming.delta import RequestDelta
+from triode.streaming.request_stream import RequestStream
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
-from kernels import AttentionPlan
+from triode import kernels
+from triode.kernels import AttentionPlan
 
 
 @dataclass(slots=True)

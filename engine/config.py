@@ -103,7 +103,7 @@ class EngineConfig:
         if device.startswith("cuda"):
             return "triton"
         if self.dtype == "float32":
-            from kernels import cpu_decode
+            from triode.kernels import cpu_decode
 
             if cpu_decode.is_available():
                 return "cpu"

@@ -6,10 +6,10 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.outputs import CompletionOutput, RequestOutput
-from engine.sampling_params import SamplingParams
+from triode.engine.config import EngineConfig
+from triode.engine.llm_engine import LLMEngine
+from triode.engine.outputs import CompletionOutput, RequestOutput
+from triode.engine.sampling_params import SamplingParams
 
 PromptType = str | dict[str, Any]
 

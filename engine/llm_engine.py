@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import time
 
-from engine.config import EngineConfig
-from engine.model_loader import resolve_model
-from engine.model_runner import ModelRunner
-from engine.output_processor import OutputProcessor
-from engine.request import Request, RequestStatus
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler, SchedulerStats
-from streaming.delta import RequestDelta
+from triode.engine.config import EngineConfig
+from triode.engine.model_loader import resolve_model
+from triode.engine.model_runner import ModelRunner
+from triode.engine.output_processor import OutputProcessor
+from triode.engine.request import Request, RequestStatus
+from triode.engine.sampling_params import SamplingParams
+from triode.engine.scheduler import Scheduler, SchedulerStats
+from triode.streaming.delta import RequestDelta
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from engine.attention import AttentionMetadata
-from engine.config import EngineConfig
-from engine.models import load_model
-from engine.models.linear import resolve_cpu_linear
-from engine.sampler import Sampler, SamplingRow
-from engine.scheduler import SchedulerOutput
+from triode.engine.attention import AttentionMetadata
+from triode.engine.config import EngineConfig
+from triode.engine.models import load_model
+from triode.engine.models.linear import resolve_cpu_linear
+from triode.engine.sampler import Sampler, SamplingRow
+from triode.engine.scheduler import SchedulerOutput
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.request import Request, RequestStatus
-from streaming.delta import RequestDelta, TokenLogprob
-from streaming.detokenizer import IncrementalDetokenizer, TokenDecoder
-from streaming.stop import StopStringMatcher
+from triode.engine.request import Request, RequestStatus
+from triode.streaming.delta import RequestDelta, TokenLogprob
+from triode.streaming.detokenizer import IncrementalDetokenizer, TokenDecoder
+from triode.streaming.stop import StopStringMatcher
 
 
 @dataclass(slots=True)

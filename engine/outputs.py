@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streaming.delta import RequestDelta, TokenLogprob
+from triode.streaming.delta import RequestDelta, TokenLogprob
 
 
 @dataclass(slots=True)

@@ -16,10 +16,10 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from engine.config import EngineConfig
-from engine.kv_cache_manager import KVCacheManager
-from engine.request import Request, RequestStatus, sample_request_id
-from engine.sampling_params import SamplingParams
+from triode.engine.config import EngineConfig
+from triode.engine.kv_cache_manager import KVCacheManager
+from triode.engine.request import Request, RequestStatus, sample_request_id
+from triode.engine.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)

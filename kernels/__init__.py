@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels import reference
-from kernels.reference import AttentionPlan, build_plan
+from triode.kernels import reference
+from triode.kernels.reference import AttentionPlan, build_plan
 
 BACKENDS = ("torch", "cpu", "triton")
 
@@ -41,13 +41,13 @@ def paged_attention(
             q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, plan=plan
         )
     if backend == "cpu":
-        from kernels import cpu_decode
+        from triode.kernels import cpu_decode
 
         return cpu_decode.paged_attention(
             q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale, plan=plan
         )
     if backend == "triton":
-        from kernels import triton_attention
+        from triode.kernels import triton_attention
 
         return triton_attention.paged_attention(
             q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale
@@ -68,7 +68,7 @@ def write_kv_cache(
     if backend in ("torch", "cpu"):
         return reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
     if backend == "triton":
-        from kernels import triton_cache
+        from triode.kernels import triton_cache
 
         return triton_cache.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
     raise ValueError(f"unknown attention backend {backend!r}; expected one of {BACKENDS}")

@@ -1,4 +1,4 @@
-"""GPU benchmark of the Triton kernels against the torch reference: `python -m kernels.bench`.
+"""GPU benchmark of the Triton kernels against the torch reference: `python -m triode.kernels.bench`.
 
 For each shape it times one call of each implementation (triton.testing.do_bench: median over
 repeats, L2 flushed between them) and reports the achieved memory bandwidth — bytes of K/V
@@ -117,7 +117,7 @@ def attention_cost(shape: Shape, args: argparse.Namespace, elem: int) -> tuple[i
 def bench_attention(shape: Shape, args: argparse.Namespace, peak: float | None) -> Result:
     import triton.testing
 
-    from kernels import reference, triton_attention
+    from triode.kernels import reference, triton_attention
 
     inputs = make_inputs(shape, args, torch.device("cuda"))
     q, k_cache = inputs[0], inputs[1]
@@ -138,7 +138,7 @@ def bench_attention(shape: Shape, args: argparse.Namespace, peak: float | None) 
 def bench_cache_write(num_tokens: int, args: argparse.Namespace, peak: float | None) -> Result:
     import triton.testing
 
-    from kernels import reference, triton_cache
+    from triode.kernels import reference, triton_cache
 
     dtype, device = DTYPES[args.dtype], torch.device("cuda")
     kvh, d, bs = args.num_kv_heads, args.head_dim, args.block_size

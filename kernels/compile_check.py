@@ -1,4 +1,4 @@
-"""Compile every Triton kernel for a GPU target without a GPU: `python -m kernels.compile_check`.
+"""Compile every Triton kernel for a GPU target without a GPU: `python -m triode.kernels.compile_check`.
 
 Triton lowers to PTX and runs the `ptxas` bundled in its wheel, so a CPU-only machine can prove
 that the kernels compile for, e.g., Hopper (sm_90) — catching what the interpreter never sees:
@@ -28,7 +28,7 @@ class CompiledCase:
 
 
 def _attention_cases() -> Iterator[tuple[str, Callable[[], object]]]:
-    from kernels import triton_attention
+    from triode.kernels import triton_attention
 
     # (dtype, head_dim, heads, kv_heads, block_size, decode-only batch)
     shapes = [
@@ -62,7 +62,7 @@ def _attention_cases() -> Iterator[tuple[str, Callable[[], object]]]:
 
 
 def _cache_cases() -> Iterator[tuple[str, Callable[[], object]]]:
-    from kernels import triton_cache
+    from triode.kernels import triton_cache
 
     for dtype, num_kv_heads, head_dim in [(torch.float16, 8, 128), (torch.bfloat16, 3, 64)]:
         name = f"write_kv_cache {str(dtype).removeprefix('torch.')} KVH={num_kv_heads} D={head_dim}"
@@ -87,7 +87,7 @@ def compile_all(arch: int = 90, warp_size: int = 32) -> list[CompiledCase]:
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.compiler import ASTSource
 
-    from kernels.triton_utils import KernelLaunch, is_interpreted
+    from triode.kernels.triton_utils import KernelLaunch, is_interpreted
 
     target = GPUTarget("cuda", arch, warp_size)
     results = []

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.reference import AttentionPlan, build_plan, prefill_attention
+from triode.kernels.reference import AttentionPlan, build_plan, prefill_attention
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ programs past the end of their sequence's tokens return at once.
 NOTE: no split-K decode variant. With S sequences and KVH KV heads the decode grid has S * KVH
 programs (e.g. 64 * 8 = 512 on a 132-SM H100), which already fills the card; split-K would only
 pay for small batches of very long contexts, and it is untested on a GPU here, so it waits for a
-measurement (see `python -m kernels.bench`).
+measurement (see `python -m triode.kernels.bench`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import KernelLaunch, check_device, is_interpreted, next_power_of_2
+from triode.kernels.triton_utils import KernelLaunch, check_device, is_interpreted, next_power_of_2
 
 _LOG2E = 1.4426950408889634
 # Context positions streamed per step; a multiple or a fraction of the cache block size.

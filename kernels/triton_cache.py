@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import KernelLaunch, check_device, next_power_of_2
+from triode.kernels.triton_utils import KernelLaunch, check_device, next_power_of_2
 
 
 @triton.jit

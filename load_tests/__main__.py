@@ -1,7 +1,7 @@
-"""`python -m load_tests`: see load_tests/cli.py."""
+"""`python -m triode.load_tests`: see load_tests/cli.py."""
 
 import sys
 
-from load_tests.cli import main
+from triode.load_tests.cli import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 subprocess on 127.0.0.1, waited for (/health), loaded, and stopped before the next one starts
 (never two at once: they would share the two cores).
 
-    chrt -f 20 python -m load_tests bench --server-prefix "chrt -f 10" \\
+    chrt -f 20 python -m triode.load_tests bench --server-prefix "chrt -f 10" \\
         --servers triode,transformers --num-requests 64 --concurrency 16 --max-tokens 128 \\
         --ignore-eos
 
@@ -23,11 +23,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from load_tests.compare import comparison_table
-from load_tests.loadgen import run_load
-from load_tests.report import plot_results
-from load_tests.results import LoadResult, save_result
-from load_tests.servers import ServerCommand, free_port, running_server, triode_command
+from triode.load_tests.compare import comparison_table
+from triode.load_tests.loadgen import run_load
+from triode.load_tests.report import plot_results
+from triode.load_tests.results import LoadResult, save_result
+from triode.load_tests.servers import ServerCommand, free_port, running_server, triode_command
 
 SERVERS = ("triode", "transformers", "vllm")
 
@@ -84,7 +84,7 @@ def _server_command(name: str, args: argparse.Namespace) -> ServerCommand:
         return triode_command(port, *shlex.split(args.triode_args))
     model_dir = args.model_dir or _bundled_folder()
     if name == "transformers":
-        argv = [sys.executable, "-m", "load_tests.hf_server", "--model", model_dir,
+        argv = [sys.executable, "-m", "triode.load_tests.hf_server", "--model", model_dir,
                 "--port", str(port), *shlex.split(args.hf_args)]  # fmt: skip
         return ServerCommand(name, argv, port, {"HF_HUB_OFFLINE": "1"})
     if name == "vllm":
@@ -98,7 +98,7 @@ def _server_command(name: str, args: argparse.Namespace) -> ServerCommand:
 
 
 def _bundled_folder() -> str:
-    from engine.model_loader import resolve_model
+    from triode.engine.model_loader import resolve_model
 
     return str(resolve_model(None).folder)
 

@@ -1,12 +1,12 @@
-"""`python -m load_tests COMMAND`: run, compare, report, soak, bench, hf-server.
+"""`python -m triode.load_tests COMMAND`: run, compare, report, soak, bench, hf-server.
 
-    python -m load_tests run --url http://127.0.0.1:8000 --transport ws --concurrency 64 \\
+    python -m triode.load_tests run --url http://127.0.0.1:8000 --transport ws --concurrency 64 \\
         --num-requests 500 --max-tokens 32 --json triode.json --png triode.png
-    python -m load_tests run --url http://127.0.0.1:8001 --label vllm --json vllm.json
-    python -m load_tests compare triode.json vllm.json --png compare.png
-    python -m load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 400
-    python -m load_tests bench --servers triode,transformers --ignore-eos
-    python -m load_tests hf-server --port 8001          # the transformers baseline server
+    python -m triode.load_tests run --url http://127.0.0.1:8001 --label vllm --json vllm.json
+    python -m triode.load_tests compare triode.json vllm.json --png compare.png
+    python -m triode.load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 400
+    python -m triode.load_tests bench --servers triode,transformers --ignore-eos
+    python -m triode.load_tests hf-server --port 8001          # the transformers baseline server
 """
 
 from __future__ import annotations
@@ -19,16 +19,16 @@ from pathlib import Path
 
 import trio
 
-from load_tests.runner import raise_open_file_limit
-from load_tests.workload import TokenRange
+from triode.load_tests.runner import raise_open_file_limit
+from triode.load_tests.workload import TokenRange
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from load_tests.bench import add_bench_args
-    from load_tests.loadgen import add_workload_args
+    from triode.load_tests.bench import add_bench_args
+    from triode.load_tests.loadgen import add_workload_args
 
     parser = argparse.ArgumentParser(
-        prog="python -m load_tests", description=__doc__.split("\n")[0]
+        prog="python -m triode.load_tests", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hf-server"]:
-        from load_tests.hf_server import main as hf_main
+        from triode.load_tests.hf_server import main as hf_main
 
         return hf_main(argv[1:])
     args = build_parser().parse_args(argv)
@@ -93,47 +93,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from load_tests.compare import comparison_table
-    from load_tests.loadgen import run_load
-    from load_tests.results import save_result
+    from triode.load_tests.compare import comparison_table
+    from triode.load_tests.loadgen import run_load
+    from triode.load_tests.results import save_result
 
     result = await run_load(args, args.url, args.label or args.transport)
     print(comparison_table([result]))
     if args.json:
         save_result(result, args.json)
     if args.png:
-        from load_tests.report import plot_results
+        from triode.load_tests.report import plot_results
 
         plot_results([result], args.png)
     return 0 if result.summary.num_errors == 0 else 1
 
 
 async def _compare(args: argparse.Namespace) -> int:
-    from load_tests.compare import comparison_table
-    from load_tests.results import load_result
+    from triode.load_tests.compare import comparison_table
+    from triode.load_tests.results import load_result
 
     results = [load_result(p) for p in args.results]
     print(comparison_table(results))
     if args.png:
-        from load_tests.report import plot_results
+        from triode.load_tests.report import plot_results
 
         plot_results(results, args.png)
     return 0
 
 
 async def _report(args: argparse.Namespace) -> int:
-    from load_tests.report import plot_results
-    from load_tests.results import load_result
+    from triode.load_tests.report import plot_results
+    from triode.load_tests.results import load_result
 
     plot_results([load_result(p) for p in args.results], args.png)
     return 0
 
 
 async def _soak(args: argparse.Namespace) -> int:
-    from load_tests.compare import comparison_table
-    from load_tests.results import LoadResult, save_result
-    from load_tests.servers import discover_model
-    from load_tests.soak import SoakConfig, run_soak
+    from triode.load_tests.compare import comparison_table
+    from triode.load_tests.results import LoadResult, save_result
+    from triode.load_tests.servers import discover_model
+    from triode.load_tests.soak import SoakConfig, run_soak
 
     config = SoakConfig(
         url=args.url,
@@ -168,7 +168,7 @@ async def _soak(args: argparse.Namespace) -> int:
 
 
 async def _bench(args: argparse.Namespace) -> int:
-    from load_tests.bench import run_bench
+    from triode.load_tests.bench import run_bench
 
     results = await run_bench(args)
     return 0 if all(r.summary.num_errors == 0 for r in results) else 1

@@ -1,6 +1,6 @@
 """Side by side: a terminal table of two or more results, with each one's ratio to the first.
 
-    python -m load_tests compare triode.json vllm.json [--png compare.png]
+    python -m triode.load_tests compare triode.json vllm.json [--png compare.png]
 
 A ratio is `that / first` for every row: above 1 means more throughput, or longer latency.
 """
@@ -11,8 +11,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from load_tests.results import LoadResult
-from load_tests.stats import Summary
+from triode.load_tests.results import LoadResult
+from triode.load_tests.stats import Summary
 
 
 @dataclass(frozen=True, slots=True)

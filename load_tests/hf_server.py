@@ -1,6 +1,6 @@
 """A minimal OpenAI-compatible streaming server on transformers' `generate()`: the baseline.
 
-    python -m load_tests.hf_server [--model DIR] [--port 8001] [--max-batch-size 32]
+    python -m triode.load_tests.hf_server [--model DIR] [--port 8001] [--max-batch-size 32]
 
 Routes: GET /health, GET /v1/models, POST /v1/completions and /v1/chat/completions (streaming
 SSE in OpenAI's format with `stream_options.include_usage`, or one JSON body). Honours
@@ -26,8 +26,8 @@ from hypercorn.config import Config as HypercornConfig
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from load_tests.hf_batcher import HFBatcher, open_request
-from streaming.sse import DONE, MEDIA_TYPE, encode_event
+from triode.load_tests.hf_batcher import HFBatcher, open_request
+from triode.streaming.sse import DONE, MEDIA_TYPE, encode_event
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -173,7 +173,7 @@ def load_batcher(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_dir is None:
-        from engine.model_loader import resolve_model
+        from triode.engine.model_loader import resolve_model
 
         model_dir = str(resolve_model(None).folder)
     if num_threads:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from load_tests.results import LoadResult
-from load_tests.runner import RunConfig, run_workload
-from load_tests.servers import discover_model
-from load_tests.transports import TRANSPORTS, open_transports
-from load_tests.workload import SamplingOptions, TokenRange, build_specs
+from triode.load_tests.results import LoadResult
+from triode.load_tests.runner import RunConfig, run_workload
+from triode.load_tests.servers import discover_model
+from triode.load_tests.transports import TRANSPORTS, open_transports
+from triode.load_tests.workload import SamplingOptions, TokenRange, build_specs
 
 
 def add_workload_args(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +93,7 @@ async def run_load(args: argparse.Namespace, url: str, label: str) -> LoadResult
     """Build the seeded workload, send it to `url`, and return the labelled result."""
     tokenizer = None
     if args.prompts == "synthetic":
-        from load_tests.prompts import load_tokenizer
+        from triode.load_tests.prompts import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer)
     specs = build_specs(

@@ -1,7 +1,7 @@
 """Offline throughput: triode's engine against transformers' `generate()` in one process.
 
-    python -m load_tests.offline                       # every workload, both engines
-    python -m load_tests.offline --workload fixed --json out.json
+    python -m triode.load_tests.offline                       # every workload, both engines
+    python -m triode.load_tests.offline --workload fixed --json out.json
 
 Workloads (fixed seeds; random token-id prompts; every request forced to its full length):
 - mixed:  128 requests, prompts of 16-512 tokens, max_tokens drawn from 16-256 (ignore_eos).
@@ -72,7 +72,7 @@ class Result:
 
 
 def run_triode(workload: Workload, engine_kwargs: dict) -> Result:
-    from engine import LLM, SamplingParams
+    from triode.engine import LLM, SamplingParams
 
     llm = LLM(**engine_kwargs)
     warm = SamplingParams(temperature=0, max_tokens=4)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
-    from engine.model_loader import resolve_model
+    from triode.engine.model_loader import resolve_model
 
     folder = str(resolve_model(None).folder)
     engine_kwargs: dict = {}

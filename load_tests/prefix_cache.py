@@ -1,6 +1,6 @@
 """Time to first token with and without prefix caching, in one run.
 
-    python -m load_tests.prefix_cache [--requests 16] [--system-tokens 1500]
+    python -m triode.load_tests.prefix_cache [--requests 16] [--system-tokens 1500]
 
 Chat requests share one long system prompt (~1,500 tokens) and differ in the user's question.
 They arrive one after another (each runs to completion before the next arrives), so TTFT is the
@@ -57,8 +57,8 @@ def ttft(engine, request_id: str, prompt_ids: list[int], params) -> float:
 
 
 def run(num_requests: int, system_tokens: int, max_tokens: int) -> dict:
-    from engine import EngineConfig, LLMEngine, SamplingParams
-    from engine.llm import apply_chat_template
+    from triode.engine import EngineConfig, LLMEngine, SamplingParams
+    from triode.engine.llm import apply_chat_template
 
     params = SamplingParams(temperature=0, max_tokens=max_tokens)
     results: dict = {}

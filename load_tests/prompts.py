@@ -35,7 +35,7 @@ CHAT_PROMPTS_FILE = "chat_prompts.json"
 def bundled_tokenizer_path() -> Path:
     """tokenizer.json of the bundled SmolLM2 (its converted folder; converted on first use)."""
     # Imported here: the engine package pulls in torch, which only this path needs.
-    from engine.model_loader import resolve_model
+    from triode.engine.model_loader import resolve_model
 
     return resolve_model(None).folder / "tokenizer.json"
 
@@ -65,7 +65,7 @@ def count_tokens(tokenizer: Tokenizer, text: str) -> int:
 @cache
 def chat_prompts() -> tuple[tuple[dict[str, str], ...], ...]:
     """The bundled real chat conversations (each a tuple of OpenAI messages)."""
-    raw = resources.files("load_tests").joinpath("data", CHAT_PROMPTS_FILE).read_text()
+    raw = resources.files("triode.load_tests").joinpath("data", CHAT_PROMPTS_FILE).read_text()
     items: list[dict[str, Any]] = json.loads(raw)
     return tuple(tuple(dict(m) for m in item["messages"]) for item in items)
 

@@ -14,8 +14,8 @@ matplotlib.use("Agg")  # files only; never a display
 
 import matplotlib.pyplot as plt
 
-from load_tests.results import LoadResult
-from load_tests.stats import cdf, token_timeline
+from triode.load_tests.results import LoadResult
+from triode.load_tests.stats import cdf, token_timeline
 
 
 def _ms(values: list[float]) -> list[float]:

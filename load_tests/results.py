@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from load_tests.record import RequestRecord
-from load_tests.runner import RunResult
-from load_tests.stats import Summary
+from triode.load_tests.record import RequestRecord
+from triode.load_tests.runner import RunResult
+from triode.load_tests.stats import Summary
 
 FORMAT_VERSION = 1
 

@@ -22,9 +22,9 @@ from typing import Literal, Protocol
 import trio
 from tqdm import tqdm
 
-from load_tests.record import TIMEOUT, ReadBehaviour, RequestRecord, RequestRecorder
-from load_tests.stats import Summary, summarize
-from load_tests.workload import RequestSpec
+from triode.load_tests.record import TIMEOUT, ReadBehaviour, RequestRecord, RequestRecorder
+from triode.load_tests.stats import Summary, summarize
+from triode.load_tests.workload import RequestSpec
 
 
 class Transport(Protocol):

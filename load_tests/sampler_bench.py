@@ -2,7 +2,7 @@
 one (full-vocabulary sort for top-k/top-p, exponential race with a vocabulary of random numbers
 per row, dense penalty masks), in one process.
 
-    python -m load_tests.sampler_bench [--rows 64] [--spread 4]
+    python -m triode.load_tests.sampler_bench [--rows 64] [--spread 4]
 
 `--spread` scales random logits: 4 gives peaked distributions like a language model's; 1 is
 nearly flat (the worst case for top-p, which then needs the whole vocabulary).
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from engine.sampler import Sampler, SamplingRow
-from engine.sampling_params import SamplingParams
+from triode.engine.sampler import Sampler, SamplingRow
+from triode.engine.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
 

@@ -54,7 +54,7 @@ def free_port() -> int:
 
 def triode_command(port: int, *extra: str) -> ServerCommand:
     """`triode serve` with this interpreter, on `port`."""
-    argv = [sys.executable, "-m", "web.cli", "serve", "--port", str(port), *extra]
+    argv = [sys.executable, "-m", "triode.web.cli", "serve", "--port", str(port), *extra]
     return ServerCommand("triode", argv, port, {"HF_HUB_OFFLINE": "1"})
 
 

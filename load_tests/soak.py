@@ -1,7 +1,7 @@
 """The soak: thousands of connections in waves, some leaving mid-stream, some reading slowly;
 then /metrics must show nothing left behind.
 
-    python -m load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 400
+    python -m triode.load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 400
 
 Every request opens its own connection (SSE and WebSocket alternate) and draws, from the seed,
 one of four behaviours: read normally; disconnect after a few text chunks; disconnect after a
@@ -15,11 +15,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from load_tests.record import ReadBehaviour
-from load_tests.runner import RunConfig, RunResult, run_workload
-from load_tests.server_metrics import LeakCheck, wait_until_idle
-from load_tests.transports import open_transports
-from load_tests.workload import RequestSpec, SamplingOptions, TokenRange, build_specs
+from triode.load_tests.record import ReadBehaviour
+from triode.load_tests.runner import RunConfig, RunResult, run_workload
+from triode.load_tests.server_metrics import LeakCheck, wait_until_idle
+from triode.load_tests.transports import open_transports
+from triode.load_tests.workload import RequestSpec, SamplingOptions, TokenRange, build_specs
 
 SHORT_GENERATIONS = TokenRange(4, 32)
 

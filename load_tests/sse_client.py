@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import orjson
 
-from load_tests.record import (
+from triode.load_tests.record import (
     CONNECT,
     CONNECTION_LOST,
     MID_STREAM,
@@ -22,8 +22,8 @@ from load_tests.record import (
     Abandoned,
     RequestRecorder,
 )
-from load_tests.workload import PATHS, RequestSpec, SamplingOptions
-from streaming.sse import DONE_DATA, SSEDecoder
+from triode.load_tests.workload import PATHS, RequestSpec, SamplingOptions
+from triode.streaming.sse import DONE_DATA, SSEDecoder
 
 
 class SSETransport:

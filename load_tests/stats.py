@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from load_tests.record import RequestRecord
+from triode.load_tests.record import RequestRecord
 
 PERCENTILES = (50, 90, 99)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
-from load_tests.runner import Transport
-from load_tests.sse_client import SSETransport
-from load_tests.workload import SamplingOptions
-from load_tests.ws_client import open_ws_transport
+from triode.load_tests.runner import Transport
+from triode.load_tests.sse_client import SSETransport
+from triode.load_tests.workload import SamplingOptions
+from triode.load_tests.ws_client import open_ws_transport
 
 TRANSPORTS = ("sse", "ws")
 WS_PATH = "/v1/ws"

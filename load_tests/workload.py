@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from load_tests import prompts
+from triode.load_tests import prompts
 
 Endpoint = Literal["chat", "completions"]
 PromptSet = Literal["synthetic", "chat"]

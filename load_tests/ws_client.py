@@ -28,7 +28,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from load_tests.record import (
+from triode.load_tests.record import (
     CONNECT,
     CONNECTION_LOST,
     MID_STREAM,
@@ -37,7 +37,7 @@ from load_tests.record import (
     Abandoned,
     RequestRecorder,
 )
-from load_tests.workload import WS_TYPES, RequestSpec, SamplingOptions
+from triode.load_tests.workload import WS_TYPES, RequestSpec, SamplingOptions
 
 _ROUTE_BUFFER = 16  # messages queued per generation before its socket stops being read
 _CLOSE_TIMEOUT_S = 2.0

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import trio
 
-from streaming.delta import RequestDelta
+from triode.streaming.delta import RequestDelta
 
 
 class RequestStream:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import orjson
 import trio
 
-from streaming.ws_limits import WebSocketLimits
+from triode.streaming.ws_limits import WebSocketLimits
 
 logger = logging.getLogger(__name__)
 

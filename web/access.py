@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
-from web.errors import ApiError
+from triode.web.errors import ApiError
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 BEARER_SUBPROTOCOL_PREFIX = "bearer."

@@ -20,7 +20,7 @@ from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers import TrioRequest
 from werkzeug.exceptions import HTTPException
 
-from web.access import (
+from triode.web.access import (
     OPEN_PATHS,
     bearer_token,
     check_key,
@@ -29,13 +29,13 @@ from web.access import (
     origin_refused,
     preflight_headers,
 )
-from web.errors import ApiError, api_error_from
-from web.formatting import TokenTexts
-from web.routes_admin import register_admin_routes
-from web.routes_openai import register_openai_routes
-from web.routes_page import PAGE_PATHS, register_page_routes
-from web.routes_ws import register_ws_route
-from web.state import AppState
+from triode.web.errors import ApiError, api_error_from
+from triode.web.formatting import TokenTexts
+from triode.web.routes_admin import register_admin_routes
+from triode.web.routes_openai import register_openai_routes
+from triode.web.routes_page import PAGE_PATHS, register_page_routes
+from triode.web.routes_ws import register_ws_route
+from triode.web.state import AppState
 
 logger = logging.getLogger(__name__)
 

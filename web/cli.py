@@ -20,8 +20,8 @@ from typing import Any
 
 import trio
 
-from engine.config import ATTENTION_BACKENDS, CPU_LINEAR_CHOICES, DTYPES, EngineConfig
-from web.state import ServerConfig
+from triode.engine.config import ATTENTION_BACKENDS, CPU_LINEAR_CHOICES, DTYPES, EngineConfig
+from triode.web.state import ServerConfig
 
 logger = logging.getLogger("triode")
 
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return run_serve(engine_config, ServerConfig(**_pick(args, ServerConfig)))
-    from web.offline import run_generate
+    from triode.web.offline import run_generate
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     return run_generate(
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
-    from web.server import EngineLoadError
+    from triode.web.server import EngineLoadError
 
     raise_open_file_limit()
     try:
@@ -143,7 +143,7 @@ async def _serve_until_signalled(engine_config: EngineConfig, server_config: Ser
     the second SIGINT into KeyboardInterrupt is unreliable: it is raised in whatever task code
     is running, and a handler's cleanup can swallow it.
     """
-    from web.server import EngineLoadError, serve
+    from triode.web.server import EngineLoadError, serve
 
     first_signal = trio.Event()
     load_error: EngineLoadError | None = None

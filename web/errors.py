@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 from quart import Response
 
-from engine.async_engine import EngineNotReadyError, QueueFullError
-from engine.llm_engine import ContextLengthError
-from engine.sampling_params import SamplingParams
+from triode.engine.async_engine import EngineNotReadyError, QueueFullError
+from triode.engine.llm_engine import ContextLengthError
+from triode.engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

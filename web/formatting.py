@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streaming.delta import TokenLogprob
-from web.prepare import CHAT, PreparedRequest
+from triode.streaming.delta import TokenLogprob
+from triode.web.prepare import CHAT, PreparedRequest
 
 _TOKEN_TEXT_CACHE_SIZE = 1 << 16
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from engine.async_engine import AsyncEngine
-from streaming.delta import RequestDelta
-from streaming.request_stream import RequestStream
-from web.errors import ApiError, internal_error, service_unavailable
-from web.formatting import ChoiceState, TokenTexts, format_for
-from web.prepare import PreparedRequest
+from triode.engine.async_engine import AsyncEngine
+from triode.streaming.delta import RequestDelta
+from triode.streaming.request_stream import RequestStream
+from triode.web.errors import ApiError, internal_error, service_unavailable
+from triode.web.formatting import ChoiceState, TokenTexts, format_for
+from triode.web.prepare import PreparedRequest
 
 
 class Generation:

@@ -9,10 +9,10 @@ import sys
 import time
 from typing import TextIO
 
-from engine.config import EngineConfig
-from engine.llm import apply_chat_template
-from engine.llm_engine import LLMEngine
-from engine.sampling_params import SamplingParams
+from triode.engine.config import EngineConfig
+from triode.engine.llm import apply_chat_template
+from triode.engine.llm_engine import LLMEngine
+from triode.engine.sampling_params import SamplingParams
 
 _REQUEST_ID = "generate"
 

@@ -10,12 +10,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from engine.async_engine import AsyncEngine, EngineNotReadyError
-from engine.llm import apply_chat_template
-from engine.llm_engine import ContextLengthError, LLMEngine
-from engine.sampling_params import SamplingParams
-from web.errors import ApiError, api_error_from, bad_request, service_unavailable
-from web.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_body
+from triode.engine.async_engine import AsyncEngine, EngineNotReadyError
+from triode.engine.llm import apply_chat_template
+from triode.engine.llm_engine import ContextLengthError, LLMEngine
+from triode.engine.sampling_params import SamplingParams
+from triode.web.errors import ApiError, api_error_from, bad_request, service_unavailable
+from triode.web.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_body
 
 CHAT = "chat.completion"
 COMPLETION = "completion"

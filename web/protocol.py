@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from web.errors import ApiError, bad_request
+from triode.web.errors import ApiError, bad_request
 
 MAX_N = 128
 MAX_LOGPROBS = 20

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from quart import Quart, Response, request
 
-from web.errors import bad_request, json_response, service_unavailable
-from web.prepare import chat_prompt_ids, serving_engine
-from web.protocol import DetokenizeRequest, TokenizeRequest, parse_body
-from web.state import AppState
+from triode.web.errors import bad_request, json_response, service_unavailable
+from triode.web.prepare import chat_prompt_ids, serving_engine
+from triode.web.protocol import DetokenizeRequest, TokenizeRequest, parse_body
+from triode.web.state import AppState
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

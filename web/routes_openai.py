@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 
 from quart import Quart, Response, request
 
-from streaming.sse import DONE, MEDIA_TYPE, encode_event
-from web.errors import api_error_from, json_response
-from web.formatting import TokenTexts
-from web.generation import Generation
-from web.prepare import CHAT, COMPLETION, parse_request, prepare, service_draining
-from web.state import AppState
+from triode.streaming.sse import DONE, MEDIA_TYPE, encode_event
+from triode.web.errors import api_error_from, json_response
+from triode.web.formatting import TokenTexts
+from triode.web.generation import Generation
+from triode.web.prepare import CHAT, COMPLETION, parse_request, prepare, service_draining
+from triode.web.state import AppState
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",

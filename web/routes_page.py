@@ -30,7 +30,7 @@ CONTENT_SECURITY_POLICY = (
 
 def page_responses() -> dict[str, tuple[bytes, dict[str, str]]]:
     """URL path -> (body, headers), read from the package once."""
-    folder = resources.files("web") / "static"
+    folder = resources.files("triode.web") / "static"
     responses = {}
     for path, (name, content_type) in PAGE_FILES.items():
         headers = {

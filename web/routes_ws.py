@@ -12,18 +12,18 @@ from typing import Any
 
 from quart import Quart, Response, websocket
 
-from streaming.ws_session import Generation, WebSocketSession
-from web.access import (
+from triode.streaming.ws_session import Generation, WebSocketSession
+from triode.web.access import (
     check_key,
     is_origin_allowed,
     origin_refused,
     websocket_key_candidates,
 )
-from web.errors import api_error_from, service_unavailable
-from web.formatting import TokenTexts
-from web.generation import Generation as EngineGeneration
-from web.prepare import parse_request, prepare, service_draining
-from web.state import AppState
+from triode.web.errors import api_error_from, service_unavailable
+from triode.web.formatting import TokenTexts
+from triode.web.generation import Generation as EngineGeneration
+from triode.web.prepare import parse_request, prepare, service_draining
+from triode.web.state import AppState
 
 SUBPROTOCOL = "triode"
 # NOTE: 1001 "going away" tells clients the close is the server's shutdown, not an error.

@@ -21,11 +21,11 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from engine.async_engine import AsyncEngine
-from engine.config import EngineConfig
-from web.app import TriodeApp, create_app
-from web.send_timeout import abandon_stalled_sends, install_send_timeout
-from web.state import AppState, ServerConfig
+from triode.engine.async_engine import AsyncEngine
+from triode.engine.config import EngineConfig
+from triode.web.app import TriodeApp, create_app
+from triode.web.send_timeout import abandon_stalled_sends, install_send_timeout
+from triode.web.state import AppState, ServerConfig
 
 logger = logging.getLogger(__name__)
 

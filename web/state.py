@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from engine.async_engine import AsyncEngine
-from streaming.ws_limits import WebSocketLimits
+from triode.engine.async_engine import AsyncEngine
+from triode.streaming.ws_limits import WebSocketLimits
 
 
 @dataclass

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from engine.models.llama import LlamaConfig, LlamaForCausalLM, rope_tables
+from triode.engine.models.llama import LlamaConfig, LlamaForCausalLM, rope_tables
 
 # transformers architecture names we serve with the Llama implementation.
 LLAMA_ARCHITECTURES = {

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.attention import AttentionMetadata
-from engine.models.linear import Linear, linear
+from triode.engine.attention import AttentionMetadata
+from triode.engine.models.linear import Linear, linear
 
 
 @dataclass(frozen=True, slots=True)

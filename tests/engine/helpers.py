@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import itertools
 
-from engine.config import EngineConfig
-from engine.request import Request
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
+from triode.engine.config import EngineConfig
+from triode.engine.request import Request
+from triode.engine.sampling_params import SamplingParams
+from triode.engine.scheduler import Scheduler
 
 _clock = itertools.count()
 _token_base = itertools.count(1)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.block_pool import BlockPool, hash_block_tokens
-from engine.kv_cache_manager import KVCacheManager
 from tests.engine.helpers import make_request
+from triode.engine.block_pool import BlockPool, hash_block_tokens
+from triode.engine.kv_cache_manager import KVCacheManager
 
 
 def test_pool_hands_out_blocks_in_order_and_frees_to_the_tail():

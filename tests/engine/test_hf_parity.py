@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
-from engine.llm import apply_chat_template
+from triode.engine import LLM, SamplingParams
+from triode.engine.llm import apply_chat_template
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import LLM, SamplingParams
+from triode.engine import LLM, SamplingParams
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from engine.request import RequestStatus
 from tests.engine.helpers import make_request, make_scheduler, run_step
+from triode.engine.request import RequestStatus
 
 
 def scheduled(out) -> dict[str, int]:

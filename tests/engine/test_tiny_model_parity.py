@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
 from tests.conftest import make_tiny_llama
+from triode.engine import LLM, SamplingParams
 
 PROMPTS = [
     [5, 9, 200, 31],

@@ -23,8 +23,8 @@ DEVICE = torch.device("cuda" if HAS_CUDA else "cpu")
 @pytest.fixture(scope="session")
 def triton_kernels() -> None:
     """Import the Triton kernel modules in the mode this machine needs (see the module doc)."""
-    from kernels import triton_attention, triton_cache
-    from kernels.triton_utils import is_interpreted
+    from triode.kernels import triton_attention, triton_cache
+    from triode.kernels.triton_utils import is_interpreted
 
     for module, kernel_name in (
         (triton_attention, "_paged_attention_kernel"),

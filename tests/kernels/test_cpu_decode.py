@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
-from kernels import cpu_decode, paged_attention
-from kernels.reference import naive_paged_attention
 from tests.kernels.batches import make_batch
+from triode.engine import LLM, SamplingParams
+from triode.kernels import cpu_decode, paged_attention
+from triode.kernels.reference import naive_paged_attention
 
 pytestmark = pytest.mark.skipif(not cpu_decode.is_available(), reason="no C compiler")
 
@@ -73,7 +73,7 @@ def test_engine_tokens_match_the_torch_backend(tiny_folder):
 
 
 def test_onednn_linear_matches_torch():
-    from engine.models.linear import linear, onednn_available
+    from triode.engine.models.linear import linear, onednn_available
 
     if not onednn_available():
         pytest.skip("no oneDNN in this torch build")

@@ -14,8 +14,8 @@ SCRIPT = textwrap.dedent(
     """
     import sys
     import torch
-    import kernels
-    import engine.attention
+    from triode import kernels
+    import triode.engine.attention
     assert "triton" not in sys.modules, sorted(m for m in sys.modules if "triton" in m)
     assert not torch.cuda.is_initialized()
     x = torch.zeros(2, 1, 16)

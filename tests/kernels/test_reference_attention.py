@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import paged_attention, write_kv_cache
-from kernels.reference import naive_paged_attention
+from triode.kernels import paged_attention, write_kv_cache
+from triode.kernels.reference import naive_paged_attention
 
 
 def make_batch(q_lens, ctx_lens, num_heads, num_kv_heads, head_dim, block_size, seed=0):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
 from tests.kernels.batches import make_batch
 from tests.kernels.conftest import DEVICE, HAS_CUDA
+from triode.kernels import reference
 
 pytestmark = pytest.mark.usefixtures("triton_kernels")
 
@@ -28,7 +28,7 @@ MIXED_SEQ_LENS = [1, 40, 67, 20, 33, 16]
 
 
 def run_triton(batch, **kwargs) -> torch.Tensor:
-    from kernels import triton_attention
+    from triode.kernels import triton_attention
 
     return triton_attention.paged_attention(*batch.args(), **kwargs)
 
@@ -176,7 +176,7 @@ def test_sequences_without_new_tokens_and_empty_batch() -> None:
 
 
 def test_rejects_bad_inputs() -> None:
-    from kernels import triton_attention
+    from triode.kernels import triton_attention
 
     batch = make_batch(
         [1], [5], num_heads=6, num_kv_heads=4, head_dim=16, block_size=16, device=DEVICE

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
 from tests.kernels.conftest import DEVICE
+from triode.kernels import reference
 
 pytestmark = pytest.mark.usefixtures("triton_kernels")
 
@@ -15,7 +15,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 def write_both(key, value, slots, cache_shape, cache_dtype):
     """Write with Triton and with the reference into caches that start out alike (random)."""
-    from kernels import triton_cache
+    from triode.kernels import triton_cache
 
     gen = torch.Generator().manual_seed(7)
     k_ref = torch.randn(cache_shape, generator=gen).to(DEVICE, cache_dtype)
@@ -68,7 +68,7 @@ def test_casts_to_cache_dtype_and_accepts_int32_slots() -> None:
 
 
 def test_rejects_bad_inputs() -> None:
-    from kernels import triton_cache
+    from triode.kernels import triton_cache
 
     key = torch.randn(4, 2, 16, device=DEVICE)
     cache = torch.zeros(2, 16, 2, 16, device=DEVICE)

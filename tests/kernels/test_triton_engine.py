@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import LLM, SamplingParams
 from tests.conftest import make_tiny_llama
+from triode.engine import LLM, SamplingParams
 
 pytestmark = pytest.mark.usefixtures("triton_kernels")
 

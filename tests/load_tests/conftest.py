@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.web.conftest import running_server, tiny_engine_config
-from web.server import RunningServer
-from web.state import ServerConfig
+from triode.web.server import RunningServer
+from triode.web.state import ServerConfig
 
 
 @pytest.fixture(scope="session")

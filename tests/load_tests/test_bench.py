@@ -7,19 +7,19 @@ import sys
 import httpx
 import pytest
 
-from load_tests.bench import run_bench
-from load_tests.cli import build_parser
-from load_tests.runner import RunConfig, run_workload
-from load_tests.servers import ServerCommand, free_port, running_server
-from load_tests.transports import open_transports
-from load_tests.workload import SamplingOptions, TokenRange, build_specs
+from triode.load_tests.bench import run_bench
+from triode.load_tests.cli import build_parser
+from triode.load_tests.runner import RunConfig, run_workload
+from triode.load_tests.servers import ServerCommand, free_port, running_server
+from triode.load_tests.transports import open_transports
+from triode.load_tests.workload import SamplingOptions, TokenRange, build_specs
 
 pytestmark = pytest.mark.timeout(180)
 
 
 async def test_hf_server_streams_static_batches(tiny_folder, tmp_path):
     port = free_port()
-    argv = [sys.executable, "-m", "load_tests.hf_server", "--model", str(tiny_folder),
+    argv = [sys.executable, "-m", "triode.load_tests.hf_server", "--model", str(tiny_folder),
             "--port", str(port), "--max-batch-size", "4", "--num-threads", "1"]  # fmt: skip
     async with running_server(ServerCommand("hf", argv, port), tmp_path) as url:
         specs = build_specs(10, prompt_set="chat", max_tokens=TokenRange(2, 12), seed=5)

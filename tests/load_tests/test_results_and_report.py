@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from load_tests.compare import comparison_table
-from load_tests.record import RequestRecord
-from load_tests.report import plot_results
-from load_tests.results import LoadResult, load_result, save_result
-from load_tests.stats import summarize
+from triode.load_tests.compare import comparison_table
+from triode.load_tests.record import RequestRecord
+from triode.load_tests.report import plot_results
+from triode.load_tests.results import LoadResult, load_result, save_result
+from triode.load_tests.stats import summarize
 
 
 def result(label: str, scale: float) -> LoadResult:

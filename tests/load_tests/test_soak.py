@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import trio
 
-from load_tests.runner import RunConfig, run_workload
-from load_tests.server_metrics import metric_values, scrape, wait_until_idle
-from load_tests.soak import SoakConfig, assign_behaviours, run_soak
-from load_tests.transports import open_transports
-from load_tests.workload import SamplingOptions, TokenRange, build_specs
+from triode.load_tests.runner import RunConfig, run_workload
+from triode.load_tests.server_metrics import metric_values, scrape, wait_until_idle
+from triode.load_tests.soak import SoakConfig, assign_behaviours, run_soak
+from triode.load_tests.transports import open_transports
+from triode.load_tests.workload import SamplingOptions, TokenRange, build_specs
 
 pytestmark = pytest.mark.timeout(120)
 

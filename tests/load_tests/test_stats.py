@@ -8,8 +8,15 @@ import random
 import numpy as np
 import pytest
 
-from load_tests.record import RequestRecord
-from load_tests.stats import Distribution, Summary, cdf, percentile, summarize, token_timeline
+from triode.load_tests.record import RequestRecord
+from triode.load_tests.stats import (
+    Distribution,
+    Summary,
+    cdf,
+    percentile,
+    summarize,
+    token_timeline,
+)
 
 
 def ok(index: int, start: float, chunks: list[float], e2e: float, tokens: int | None = None):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import trio
 
-from load_tests.runner import RunConfig, run_workload
-from load_tests.server_metrics import wait_until_idle
-from load_tests.servers import discover_model, free_port
-from load_tests.transports import open_transports
-from load_tests.workload import SamplingOptions, TokenRange, build_specs
+from triode.load_tests.runner import RunConfig, run_workload
+from triode.load_tests.server_metrics import wait_until_idle
+from triode.load_tests.servers import discover_model, free_port
+from triode.load_tests.transports import open_transports
+from triode.load_tests.workload import SamplingOptions, TokenRange, build_specs
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,7 +94,7 @@ async def test_error_kinds(load_server, transport):
 
 async def test_websocket_connection_limit_is_an_http_error(tiny_folder):
     from tests.web.conftest import running_server, tiny_engine_config
-    from web.state import ServerConfig
+    from triode.web.state import ServerConfig
 
     config = ServerConfig(port=0, max_ws_connections=2)
     server_gen = running_server(tiny_engine_config(tiny_folder, num_kv_blocks=64), config)

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from load_tests.prompts import chat_prompts, count_tokens, load_tokenizer, synthetic_prompt
-from load_tests.runner import arrival_offsets
-from load_tests.workload import SamplingOptions, TokenRange, build_specs
+from triode.load_tests.prompts import chat_prompts, count_tokens, load_tokenizer, synthetic_prompt
+from triode.load_tests.runner import arrival_offsets
+from triode.load_tests.workload import SamplingOptions, TokenRange, build_specs
 
 
 @pytest.fixture(scope="module")

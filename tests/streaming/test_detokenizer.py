@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streaming.detokenizer import IncrementalDetokenizer, TokenDecoder
+from triode.streaming.detokenizer import IncrementalDetokenizer, TokenDecoder
 
 TEXTS = [
     "日本語 😀 hello",

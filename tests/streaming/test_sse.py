@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streaming.sse import DONE, SSEDecoder, encode_comment, encode_event
+from triode.streaming.sse import DONE, SSEDecoder, encode_comment, encode_event
 
 
 def test_event_bytes_are_openai_framing():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streaming.stop import StopStringMatcher
+from triode.streaming.stop import StopStringMatcher
 
 
 def feed_all(matcher: StopStringMatcher, pieces: list[str]) -> list[str]:

@@ -12,8 +12,8 @@ import orjson
 import pytest
 import trio
 
-from streaming.ws_limits import WebSocketLimits
-from streaming.ws_session import WebSocketSession
+from triode.streaming.ws_limits import WebSocketLimits
+from triode.streaming.ws_session import WebSocketSession
 
 
 class MemorySocket:

@@ -17,9 +17,9 @@ import httpx
 import pytest
 import trio
 
-from engine.config import EngineConfig
-from web.server import RunningServer, serve
-from web.state import ServerConfig
+from triode.engine.config import EngineConfig
+from triode.web.server import RunningServer, serve
+from triode.web.state import ServerConfig
 
 START_TIMEOUT_S = 180.0
 

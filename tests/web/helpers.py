@@ -13,7 +13,7 @@ import httpx
 import orjson
 import trio
 
-from streaming.sse import DONE_DATA, SSEDecoder
+from triode.streaming.sse import DONE_DATA, SSEDecoder
 
 CHAT = [{"role": "user", "content": "Tell me a story about a fox."}]
 

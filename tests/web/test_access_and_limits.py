@@ -10,7 +10,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from tests.web.conftest import running_server, tiny_engine_config
 from tests.web.helpers import CHAT, stream_sse, wait_for_metric
-from web.state import ServerConfig
+from triode.web.state import ServerConfig
 
 pytestmark = pytest.mark.timeout(120)
 

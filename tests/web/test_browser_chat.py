@@ -70,7 +70,7 @@ SYSTEM_PROMPT = "You are a helpful assistant."
 
 def triode_command() -> list[str]:
     script = Path(sys.executable).with_name("triode")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "web.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "triode.web.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import io
 
 import pytest
 
-from engine.config import EngineConfig
-from web.cli import _pick, build_parser, main
-from web.offline import run_generate
-from web.state import ServerConfig
+from triode.engine.config import EngineConfig
+from triode.web.cli import _pick, build_parser, main
+from triode.web.offline import run_generate
+from triode.web.state import ServerConfig
 
 
 def _subparser(name: str):
@@ -83,7 +83,7 @@ def test_serve_exits_1_when_the_model_cannot_load(tmp_path):
         '{"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}'
     )
     done = subprocess.run(
-        [sys.executable, "-m", "web.cli", "serve", "--port", "0", "--model", str(tmp_path)],
+        [sys.executable, "-m", "triode.web.cli", "serve", "--port", "0", "--model", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,7 +14,6 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from streaming.sse import SSEDecoder
 from tests.web.helpers import (
     metric,
     open_raw_request,
@@ -23,6 +22,7 @@ from tests.web.helpers import (
     stream_sse,
     wait_for_metric,
 )
+from triode.streaming.sse import SSEDecoder
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,11 +14,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from engine.config import EngineConfig
 from tests.web.conftest import ServerThread, tiny_engine_config
 from tests.web.helpers import metric, open_raw_request, read_metrics, stream_sse, wait_for_metric
-from web.server import EngineLoadError, serve
-from web.state import ServerConfig
+from triode.engine.config import EngineConfig
+from triode.web.server import EngineLoadError, serve
+from triode.web.state import ServerConfig
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -134,7 +134,7 @@ class ServerProcess:
 async def test_triode_serve_stops_on_signals(tiny_folder, signals, exit_code):
     """One signal: in-flight requests finish, exit 0. A second SIGINT: stop at once, exit 130."""
     command = [
-        sys.executable, "-m", "web.cli", "serve", "--port", "0", "--model", str(tiny_folder),
+        sys.executable, "-m", "triode.web.cli", "serve", "--port", "0", "--model", str(tiny_folder),
         "--served-model-name", "tiny", "--num-kv-blocks", "256", "--num-threads", "1",
     ]  # fmt: skip
     server = ServerProcess(await trio.lowlevel.open_process(command, stderr=subprocess.PIPE))
