@@ -25,7 +25,7 @@ _PUBLIC = {
     "LLMEngine": "triode.engine.llm_engine",
     "AsyncEngine": "triode.engine.async_engine",
     "EngineConfig": "triode.engine.config",
-    "SamplingParams": "triode.engine.sampling_params",
+    "SamplingParams": "triode.engine.sampling.sampling_params",
     "RequestOutput": "triode.engine.outputs",
     "CompletionOutput": "triode.engine.outputs",
 }
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from triode.engine.llm import LLM
     from triode.engine.llm_engine import LLMEngine
     from triode.engine.outputs import CompletionOutput, RequestOutput
-    from triode.engine.sampling_params import SamplingParams
+    from triode.engine.sampling.sampling_params import SamplingParams
 
 
 def __getattr__(name: str) -> Any:

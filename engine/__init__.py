@@ -10,7 +10,7 @@ from triode.engine.config import EngineConfig
 from triode.engine.llm import LLM
 from triode.engine.llm_engine import ContextLengthError, LLMEngine
 from triode.engine.outputs import CompletionOutput, RequestOutput
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampling_params import SamplingParams
 
 __all__ = [
     "LLM",

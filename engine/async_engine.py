@@ -29,7 +29,7 @@ import trio
 from triode.engine.config import EngineConfig
 from triode.engine.llm_engine import LLMEngine
 from triode.engine.metrics import EngineMetrics
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampling_params import SamplingParams
 from triode.streaming.delta import RequestDelta
 from triode.streaming.request_stream import RequestStream
 

@@ -9,7 +9,7 @@ from typing import Any
 from triode.engine.config import EngineConfig
 from triode.engine.llm_engine import LLMEngine
 from triode.engine.outputs import CompletionOutput, RequestOutput
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampling_params import SamplingParams
 
 PromptType = str | dict[str, Any]
 

@@ -10,12 +10,12 @@ import logging
 import time
 
 from triode.engine.config import EngineConfig
-from triode.engine.model_loader import resolve_model
-from triode.engine.model_runner import ModelRunner
+from triode.engine.core.request import Request, RequestStatus
+from triode.engine.core.scheduler import Scheduler, SchedulerStats
+from triode.engine.models.loader import resolve_model
 from triode.engine.output_processor import OutputProcessor
-from triode.engine.request import Request, RequestStatus
-from triode.engine.sampling_params import SamplingParams
-from triode.engine.scheduler import Scheduler, SchedulerStats
+from triode.engine.runner.model_runner import ModelRunner
+from triode.engine.sampling.sampling_params import SamplingParams
 from triode.streaming.delta import RequestDelta
 
 logger = logging.getLogger(__name__)

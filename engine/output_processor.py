@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from triode.engine.request import Request, RequestStatus
+from triode.engine.core.request import Request, RequestStatus
 from triode.streaming.delta import RequestDelta, TokenLogprob
 from triode.streaming.detokenizer import IncrementalDetokenizer, TokenDecoder
 from triode.streaming.stop import StopStringMatcher

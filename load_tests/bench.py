@@ -98,7 +98,7 @@ def _server_command(name: str, args: argparse.Namespace) -> ServerCommand:
 
 
 def _bundled_folder() -> str:
-    from triode.engine.model_loader import resolve_model
+    from triode.engine.models.loader import resolve_model
 
     return str(resolve_model(None).folder)
 

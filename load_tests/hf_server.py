@@ -173,7 +173,7 @@ def load_batcher(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if model_dir is None:
-        from triode.engine.model_loader import resolve_model
+        from triode.engine.models.loader import resolve_model
 
         model_dir = str(resolve_model(None).folder)
     if num_threads:

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
-    from triode.engine.model_loader import resolve_model
+    from triode.engine.models.loader import resolve_model
 
     folder = str(resolve_model(None).folder)
     engine_kwargs: dict = {}

@@ -35,7 +35,7 @@ CHAT_PROMPTS_FILE = "chat_prompts.json"
 def bundled_tokenizer_path() -> Path:
     """tokenizer.json of the bundled SmolLM2 (its converted folder; converted on first use)."""
     # Imported here: the engine package pulls in torch, which only this path needs.
-    from triode.engine.model_loader import resolve_model
+    from triode.engine.models.loader import resolve_model
 
     return resolve_model(None).folder / "tokenizer.json"
 

@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from triode.engine.sampler import Sampler, SamplingRow
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampler import Sampler, SamplingRow
+from triode.engine.sampling.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
 

@@ -18,7 +18,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 @pytest.fixture(scope="session")
 def bundled_folder() -> Path:
     """The bundled SmolLM2 as a plain Hugging Face folder (converted once, then cached)."""
-    from triode.engine.model_loader import resolve_model
+    from triode.engine.models.loader import resolve_model
 
     return resolve_model(None).folder
 

@@ -18,7 +18,7 @@ from quart import Response
 
 from triode.engine.async_engine import EngineNotReadyError, QueueFullError
 from triode.engine.llm_engine import ContextLengthError
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

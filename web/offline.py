@@ -12,7 +12,7 @@ from typing import TextIO
 from triode.engine.config import EngineConfig
 from triode.engine.llm import apply_chat_template
 from triode.engine.llm_engine import LLMEngine
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampling_params import SamplingParams
 
 _REQUEST_ID = "generate"
 

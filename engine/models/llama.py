@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from triode.engine.attention import AttentionMetadata
 from triode.engine.models.linear import Linear, linear
+from triode.engine.runner.attention import AttentionMetadata
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,9 @@ from __future__ import annotations
 import itertools
 
 from triode.engine.config import EngineConfig
-from triode.engine.request import Request
-from triode.engine.sampling_params import SamplingParams
-from triode.engine.scheduler import Scheduler
+from triode.engine.core.request import Request
+from triode.engine.core.scheduler import Scheduler
+from triode.engine.sampling.sampling_params import SamplingParams
 
 _clock = itertools.count()
 _token_base = itertools.count(1)

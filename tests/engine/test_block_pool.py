@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.engine.helpers import make_request
-from triode.engine.block_pool import BlockPool, hash_block_tokens
-from triode.engine.kv_cache_manager import KVCacheManager
+from triode.engine.core.block_pool import BlockPool, hash_block_tokens
+from triode.engine.core.kv_cache_manager import KVCacheManager
 
 
 def test_pool_hands_out_blocks_in_order_and_frees_to_the_tail():

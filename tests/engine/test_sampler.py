@@ -7,8 +7,13 @@ import math
 import pytest
 import torch
 
-from triode.engine.sampler import Sampler, SamplingRow, apply_penalties, apply_top_k_top_p_min_p
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampler import (
+    Sampler,
+    SamplingRow,
+    apply_penalties,
+    apply_top_k_top_p_min_p,
+)
+from triode.engine.sampling.sampling_params import SamplingParams
 
 
 def row(params: SamplingParams, output=(), prompt=(0,), gen=None) -> SamplingRow:

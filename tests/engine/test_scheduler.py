@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.engine.helpers import make_request, make_scheduler, run_step
-from triode.engine.request import RequestStatus
+from triode.engine.core.request import RequestStatus
 
 
 def scheduled(out) -> dict[str, int]:

@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent(
     import sys
     import torch
     from triode import kernels
-    import triode.engine.attention
+    import triode.engine.runner.attention
     assert "triton" not in sys.modules, sorted(m for m in sys.modules if "triton" in m)
     assert not torch.cuda.is_initialized()
     x = torch.zeros(2, 1, 16)

@@ -11,7 +11,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampling_params import SamplingParams
 
 
 class RequestStatus(enum.IntEnum):

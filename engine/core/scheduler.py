@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 
 from triode.engine.config import EngineConfig
-from triode.engine.kv_cache_manager import KVCacheManager
-from triode.engine.request import Request, RequestStatus, sample_request_id
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.core.kv_cache_manager import KVCacheManager
+from triode.engine.core.request import Request, RequestStatus, sample_request_id
+from triode.engine.sampling.sampling_params import SamplingParams
 
 
 @dataclass(slots=True)

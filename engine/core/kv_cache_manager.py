@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from triode.engine.block_pool import BlockPool, KVBlock, hash_block_tokens
-from triode.engine.request import Request
+from triode.engine.core.block_pool import BlockPool, KVBlock, hash_block_tokens
+from triode.engine.core.request import Request
 
 
 def cdiv(a: int, b: int) -> int:

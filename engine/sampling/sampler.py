@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from triode.engine.sampling_params import SamplingParams
+from triode.engine.sampling.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
 _CANDIDATES = 256

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from triode.engine.attention import AttentionMetadata
 from triode.engine.config import EngineConfig
+from triode.engine.core.scheduler import SchedulerOutput
 from triode.engine.models import load_model
 from triode.engine.models.linear import resolve_cpu_linear
-from triode.engine.sampler import Sampler, SamplingRow
-from triode.engine.scheduler import SchedulerOutput
+from triode.engine.runner.attention import AttentionMetadata
+from triode.engine.sampling.sampler import Sampler, SamplingRow
 
 logger = logging.getLogger(__name__)
 
