@@ -7,8 +7,9 @@ the synchronous LLMEngine and the offline LLM API.
 """
 
 from triode.engine.config import EngineConfig
+from triode.engine.errors import ContextLengthError
 from triode.engine.llm import LLM
-from triode.engine.llm_engine import ContextLengthError, LLMEngine
+from triode.engine.llm_engine import LLMEngine
 from triode.engine.outputs import CompletionOutput, RequestOutput
 from triode.engine.sampling.sampling_params import SamplingParams
 

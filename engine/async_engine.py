@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from triode.engine.config import EngineConfig
+from triode.engine.errors import EngineNotReadyError, QueueFullError
 from triode.engine.llm_engine import LLMEngine
 from triode.engine.metrics import EngineMetrics
 from triode.engine.sampling.sampling_params import SamplingParams
@@ -38,18 +39,6 @@ logger = logging.getLogger(__name__)
 # Consecutive failed steps after which the engine is declared dead.
 _MAX_FAILED_STEPS = 3
 _INBOX_SIZE = 256
-
-
-class EngineNotReadyError(RuntimeError):
-    """The engine has not finished loading, has shut down, or has died."""
-
-
-class QueueFullError(RuntimeError):
-    """Too many requests are waiting; the caller should retry later (HTTP 503)."""
-
-    def __init__(self, message: str, retry_after_s: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(slots=True)

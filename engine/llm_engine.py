@@ -12,6 +12,7 @@ import time
 from triode.engine.config import EngineConfig
 from triode.engine.core.request import Request, RequestStatus
 from triode.engine.core.scheduler import Scheduler, SchedulerStats
+from triode.engine.errors import ContextLengthError
 from triode.engine.models.loader import resolve_model
 from triode.engine.output_processor import OutputProcessor
 from triode.engine.runner.model_runner import ModelRunner
@@ -19,14 +20,6 @@ from triode.engine.sampling.sampling_params import SamplingParams
 from triode.streaming.delta import RequestDelta
 
 logger = logging.getLogger(__name__)
-
-
-class ContextLengthError(ValueError):
-    """The prompt plus the requested completion does not fit the model's context."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class LLMEngine:

@@ -3,6 +3,7 @@ named like our folders (`engine.py`, `web.py`) never shadow it."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,9 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # A copy of the checkout: setuptools writes build/ beside the sources it builds.
+    source = tmp_path_factory.mktemp("source") / "triode"
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "artifacts", "__pycache__", "*.egg-info", "node_modules"
+        ),
+    )  # fmt: skip
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(ROOT)],
+         "--wheel-dir", str(out), str(source)],
         check=True, capture_output=True,
     )  # fmt: skip
     (path,) = out.glob("triode-*.whl")

@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 from quart import Response
 
-from triode.engine.async_engine import EngineNotReadyError, QueueFullError
-from triode.engine.llm_engine import ContextLengthError
+from triode.engine.errors import ContextLengthError, EngineNotReadyError, QueueFullError
 from triode.engine.sampling.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from triode.engine.async_engine import AsyncEngine, EngineNotReadyError
+from triode.engine.async_engine import AsyncEngine
+from triode.engine.errors import ContextLengthError, EngineNotReadyError
 from triode.engine.llm import apply_chat_template
-from triode.engine.llm_engine import ContextLengthError, LLMEngine
+from triode.engine.llm_engine import LLMEngine
 from triode.engine.sampling.sampling_params import SamplingParams
 from triode.web.errors import ApiError, api_error_from, bad_request, service_unavailable
 from triode.web.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_body
