@@ -148,14 +148,20 @@ class KVCacheManager:
         if num_new > 0:
             blocks.extend(self.pool.get_new_blocks(num_new))
         request.block_ids = [b.block_id for b in blocks]
-        self._cache_full_blocks(request, blocks, total)
         return True
 
-    def _cache_full_blocks(self, request: Request, blocks: list[KVBlock], num_tokens: int) -> None:
-        """Register the blocks that will be full (with known tokens) after this step."""
+    def cache_computed_blocks(self, request: Request) -> None:
+        """Register the request's full blocks below `num_computed_tokens` in the prefix cache.
+
+        NOTE: call this only once a step that wrote those blocks' K/V has completed (the
+        scheduler does, in `update_from_output`): a block registered earlier could be handed
+        to another request, or back to this one after a preemption, before anything was
+        written into it (issue 10's poisoning bug).
+        """
         if not self.enable_caching:
             return
-        num_full = min(num_tokens, request.num_tokens) // self.block_size
+        blocks = self._blocks.get(request.request_id, [])
+        num_full = min(request.num_computed_tokens // self.block_size, len(blocks))
         start = self._num_cached_blocks.get(request.request_id, 0)
         if num_full <= start:
             return

@@ -278,7 +278,14 @@ class Scheduler:
         self, out: SchedulerOutput, sampled: dict[str, int]
     ) -> tuple[list[Request], list[Request]]:
         """Advance counters, append sampled tokens, fork n>1 requests and finish the ones that
-        hit a stop condition. Returns (requests that got a token, requests that finished)."""
+        hit a stop condition. Returns (requests that got a token, requests that finished).
+
+        Called only for a step that completed: this is where the K/V the step wrote becomes
+        part of a request's computed tokens, and the only place full blocks enter the
+        prefix-cache index. Work that was scheduled but never completed (unscheduled,
+        preempted, aborted, or in a failed step) never reaches it, so no block is ever found
+        in the cache before its K/V exists.
+        """
         updated: list[Request] = []
         finished: list[Request] = []
         for item in out.scheduled:
@@ -286,6 +293,7 @@ class Scheduler:
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # finished or preempted meanwhile
             request.num_computed_tokens += len(item.token_ids)
+            self.kv.cache_computed_blocks(request)
             if not item.sample_ids:
                 continue
             samples = [request]

@@ -5,6 +5,13 @@ from __future__ import annotations
 from tests.engine.helpers import make_request
 from triode.engine.core.block_pool import BlockPool, hash_block_tokens
 from triode.engine.core.kv_cache_manager import KVCacheManager
+from triode.engine.core.request import Request
+
+
+def complete_step(kv: KVCacheManager, request: Request, num_tokens: int) -> None:
+    """What a completed step does: the tokens are computed and full blocks registered."""
+    request.num_computed_tokens += num_tokens
+    kv.cache_computed_blocks(request)
 
 
 def test_pool_hands_out_blocks_in_order_and_frees_to_the_tail():
@@ -68,8 +75,9 @@ def test_allocation_fails_cleanly_when_the_pool_is_short():
 def test_prefix_cache_hit_shares_full_blocks_and_verifies_tokens():
     kv = KVCacheManager(num_blocks=10, block_size=4)
     first = make_request("a", list(range(10)))
-    assert kv.allocate_slots(first, 10)  # blocks 0,1 full (cached), block 2 partial
-    first.num_computed_tokens = 10
+    assert kv.allocate_slots(first, 10)
+    assert kv.get_computed_blocks(make_request("x", list(range(10)))) == ([], 0)  # not yet run
+    complete_step(kv, first, 10)  # blocks 0,1 full (cached), block 2 partial
     second = make_request("b", [*range(8), 50, 51, 52])
     hits, num_tokens = kv.get_computed_blocks(second)
     assert [b.block_id for b in hits] == [0, 1] and num_tokens == 8
@@ -87,6 +95,7 @@ def test_prefix_cache_never_covers_the_last_prompt_token():
     kv = KVCacheManager(num_blocks=10, block_size=4)
     first = make_request("a", list(range(8)))
     assert kv.allocate_slots(first, 8)
+    complete_step(kv, first, 8)
     again = make_request("b", list(range(8)))
     hits, num_tokens = kv.get_computed_blocks(again)
     assert [b.block_id for b in hits] == [0] and num_tokens == 4  # block 1 holds the last token
@@ -113,6 +122,8 @@ def test_freed_cached_blocks_are_evicted_in_lru_order():
     a = make_request("a", [1, 2, 3, 4, 5])  # blocks 0,1 full, 2 partial
     b = make_request("b", [7, 8, 9])  # block 3 full, 4 partial
     assert kv.allocate_slots(a, 5) and kv.allocate_slots(b, 3)
+    complete_step(kv, a, 5)
+    complete_step(kv, b, 3)
     kv.free(a)  # free queue: 5, then a's blocks tail first: 2, 1, 0
     kv.free(b)  # then 4, 3
     assert kv.pool.free_queue.block_ids() == [5, 2, 1, 0, 4, 3]
