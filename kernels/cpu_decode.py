@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from triode.host import cache_dir
 from triode.kernels.reference import AttentionPlan, build_plan, prefill_attention
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,7 @@ def _cpu_signature() -> str:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "triode" / "kernels"
+    return cache_dir() / "kernels"
 
 
 @cache

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from triode.load_tests.runner import raise_open_file_limit
+from triode.host import raise_open_file_limit
 from triode.load_tests.workload import TokenRange
 
 

