@@ -1,14 +1,21 @@
-"""AsyncEngine: the trio actor that owns an LLMEngine.
+"""AsyncEngine: the trio actor that owns an LLMEngine, and the only door to it.
 
 One task (`run`) owns the engine; everything else talks to it through a bounded command
 channel (add, shutdown) and a set of pending aborts (adding to it never blocks). Each step runs
 in a worker thread (`trio.to_thread.run_sync`) so the event loop keeps serving sockets
-meanwhile; commands and aborts that arrive during a step are applied between steps. When there is nothing to do the task blocks on its inbox: it never polls.
+meanwhile; commands and aborts that arrive during a step are applied between steps. When there
+is nothing to do the task blocks on its inbox: it never polls.
+
+Callers see plain data only: `model_info` (what the served model is), `state` (one lifecycle
+enum), `input_processor` (templating, tokenization and validation in worker threads),
+`submit`/`submit_all` (validated `EngineInput`s in, a `RequestStream` of deltas out), `abort`,
+and `stats()`. So the engine core behind the actor may change, or move to a process of its own,
+without its callers noticing.
 
     async with trio.open_nursery() as nursery:
         engine = AsyncEngine(EngineConfig())
         await nursery.start(engine.run)          # returns once the model and KV cache are ready
-        stream = await engine.submit(prompt_ids, SamplingParams(max_tokens=32))
+        stream = await engine.generate("Once upon a time", SamplingParams(max_tokens=32))
         async for delta in stream:
             print(delta.text, end="")
 """
@@ -16,20 +23,30 @@ meanwhile; commands and aborts that arrive during a step are applied between ste
 from __future__ import annotations
 
 import contextlib
-import itertools
+import dataclasses
+import enum
 import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from triode.engine.config import EngineConfig
-from triode.engine.errors import EngineNotReadyError, QueueFullError
+from triode.engine.errors import (
+    EngineDeadError,
+    EngineNotReadyError,
+    EngineStoppedError,
+    InvalidRequestError,
+    QueueFullError,
+)
+from triode.engine.input_processor import InputProcessor
+from triode.engine.inputs import EngineInput, ModelInfo
 from triode.engine.llm_engine import LLMEngine
-from triode.engine.metrics import EngineMetrics
+from triode.engine.metrics import EngineMetrics, EngineStats
 from triode.engine.sampling.sampling_params import SamplingParams
 from triode.streaming.delta import RequestDelta
 from triode.streaming.request_stream import RequestStream
@@ -41,12 +58,21 @@ _MAX_FAILED_STEPS = 3
 _INBOX_SIZE = 256
 
 
+class EngineState(enum.Enum):
+    """The actor's lifecycle: LOADING -> READY -> DRAINING -> STOPPED; DEAD from any state
+    when the engine fails. Only READY takes new requests."""
+
+    LOADING = "loading"
+    READY = "ready"
+    DRAINING = "draining"  # finishing what it has, taking nothing new
+    STOPPED = "stopped"  # shut down
+    DEAD = "dead"  # failed to load or while running; see `dead_reason`
+
+
 @dataclass(slots=True)
 class _Add:
     request_id: str
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    priority: int
+    engine_input: EngineInput
     stream: RequestStream
 
 
@@ -68,103 +94,131 @@ class _Tracked:
 class AsyncEngine:
     def __init__(self, config: EngineConfig | None = None, engine: LLMEngine | None = None) -> None:
         self.config = config or (engine.config if engine else EngineConfig())
-        self._engine = engine
+        self._core = engine
         self._send, self._recv = trio.open_memory_channel[Any](_INBOX_SIZE)
         self._tracked: dict[str, _Tracked] = {}
         self._num_queued_adds = 0  # sent but not yet applied
+        self._num_added_since_stats = 0  # applied, not yet in the stats' waiting count
         self._pending_aborts: set[str] = set()
-        self._num_waiting = 0  # the engine's waiting queue after the last step
-        self._ready = False
+        self._state = EngineState.LOADING
         self._dead_reason: str | None = None
-        self._stopped = False
+        self._draining = trio.Event()
+        self._model_info: ModelInfo | None = None
+        self._input_processor: InputProcessor | None = None
+        self._stats = EngineStats()
         self.metrics: EngineMetrics | None = None
-        self._ids = itertools.count()
-        self._id_prefix = uuid.uuid4().hex[:8]
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._num_ids = 0
 
-    # ---- state ------------------------------------------------------------------------------
+    # ---- what callers may read ----------------------------------------------------------------
     @property
-    def engine(self) -> LLMEngine:
-        if self._engine is None:
-            raise EngineNotReadyError("the engine is still loading")
-        return self._engine
-
-    @property
-    def is_ready(self) -> bool:
-        return self._ready and not self._stopped
-
-    @property
-    def is_healthy(self) -> bool:
-        return self.is_ready and self._dead_reason is None
+    def state(self) -> EngineState:
+        return self._state
 
     @property
     def dead_reason(self) -> str | None:
+        """Why the engine is DEAD (None otherwise)."""
         return self._dead_reason
+
+    @property
+    def model_info(self) -> ModelInfo:
+        """The served model; raises EngineNotReadyError until the model is loaded."""
+        if self._model_info is None:
+            raise self._not_serving_error()
+        return self._model_info
+
+    @property
+    def input_processor(self) -> InputProcessor:
+        """Templating, tokenization and validation in worker threads (once loaded)."""
+        if self._input_processor is None:
+            raise self._not_serving_error()
+        return self._input_processor
+
+    @property
+    def draining(self) -> trio.Event:
+        """Set once the engine stops taking new requests (draining, stopped or dead). Read it;
+        `begin_draining` sets it."""
+        return self._draining
 
     @property
     def num_unfinished(self) -> int:
         return len(self._tracked)
 
+    def stats(self) -> EngineStats:
+        """A snapshot of the counters and gauges as of the last step (for logs, balancers)."""
+        return dataclasses.replace(self._stats)
+
     # ---- the actor --------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Load the model (in a thread), report ready, then serve commands until cancelled."""
-        if self._engine is None:
-            self._engine = await trio.to_thread.run_sync(LLMEngine, self.config)
-        self.metrics = EngineMetrics(self._engine.model_name)
-        self._ready = True
+        """Load the model (in a thread), report ready, then serve commands until shut down.
+
+        A model that fails to load leaves the state DEAD (with `dead_reason`) and re-raises.
+        """
+        try:
+            if self._core is None:
+                self._core = await trio.to_thread.run_sync(LLMEngine, self.config)
+            core = self._core
+            self._input_processor = await trio.to_thread.run_sync(
+                InputProcessor, core.model_info, self.config.num_input_workers, core.tokenizer
+            )
+        except BaseException as exc:
+            self._mark_dead(f"the model failed to load: {type(exc).__name__}: {exc}")
+            raise
+        self._model_info = core.model_info
+        self.metrics = EngineMetrics(core.model_name)
+        if self._state is EngineState.LOADING:  # else draining began while it loaded
+            self._state = EngineState.READY
         task_status.started()
         try:
-            await self._loop()
+            await self._loop(core)
         except Exception as exc:  # a bug in the engine itself: fail everything, stay up as dead
             logger.exception("engine loop crashed")
             self._mark_dead(f"{type(exc).__name__}: {exc}")
         finally:
-            self._stopped = True
+            if self._state is not EngineState.DEAD:
+                self._state = EngineState.STOPPED
+            self._draining.set()
             self._recv.close()  # later sends fail fast instead of waiting on a dead inbox
             self._fail_all("the server is shutting down", finish_reason="abort")
 
-    async def _loop(self) -> None:
-        engine = self.engine
+    async def _loop(self, core: LLMEngine) -> None:
         while True:
-            if not engine.has_unfinished_requests():
+            if not core.has_unfinished_requests():
                 command = await self._recv.receive()  # idle: sleep until there is work
-                if not self._apply(command):
+                if not self._apply(core, command):
                     return
             while True:
                 try:
                     command = self._recv.receive_nowait()
                 except trio.WouldBlock:
                     break
-                if not self._apply(command):
+                if not self._apply(core, command):
                     return
             if self._pending_aborts:
                 aborts = list(self._pending_aborts)
                 self._pending_aborts.clear()
-                self._dispatch(engine.abort(aborts))
-            if not engine.has_unfinished_requests():
-                self._update_engine_metrics()
+                self._dispatch(core.abort(aborts))
+            if not core.has_unfinished_requests():
+                self._update_stats(core)
                 continue
-            deltas = await trio.to_thread.run_sync(engine.step)
+            deltas = await trio.to_thread.run_sync(core.step)
             self._dispatch(deltas)
-            self._update_engine_metrics()
-            if engine.num_failed_steps >= _MAX_FAILED_STEPS:
-                self._mark_dead(engine.last_error or "repeated step failures")
+            self._update_stats(core)
+            if core.num_failed_steps >= _MAX_FAILED_STEPS:
+                self._mark_dead(core.last_error or "repeated step failures")
                 return
 
-    def _apply(self, command: Any) -> bool:
+    def _apply(self, core: LLMEngine, command: Any) -> bool:
         """Apply one command between steps; False means stop."""
-        engine = self.engine
         if isinstance(command, _Add):
             self._num_queued_adds -= 1
             try:
-                engine.add_request(
-                    command.request_id, command.prompt_token_ids, command.params, command.priority
-                )
-            except ValueError as exc:  # raced with a limit; tell the caller
+                core.add_input(command.request_id, command.engine_input)
+                self._num_added_since_stats += 1
+            except InvalidRequestError as exc:  # e.g. an id still in use; tell the caller
                 message = str(exc)
                 self._tracked.pop(command.request_id, None)
                 command.stream.finish_nowait(lambda i: _error_delta(command.request_id, i, message))
-                return True
-            self._num_waiting += 1
         elif isinstance(command, _Shutdown):
             return False
         return True
@@ -172,16 +226,21 @@ class AsyncEngine:
     def _dispatch(self, deltas: list[RequestDelta]) -> None:
         now = time.monotonic()
         metrics = self.metrics
+        stats = self._stats
         for delta in deltas:
             tracked = self._tracked.get(delta.request_id)
             if tracked is None:
                 continue
-            if delta.token_ids and metrics is not None:
-                metrics.generation_tokens.inc(len(delta.token_ids))
+            if delta.token_ids:
+                stats.num_generation_tokens += len(delta.token_ids)
+                if metrics is not None:
+                    metrics.generation_tokens.inc(len(delta.token_ids))
                 if tracked.first_token is None:
                     tracked.first_token = now
-                    metrics.time_to_first_token.observe(now - tracked.arrival)
-                elif tracked.last_token is not None:
+                    stats.num_prompt_tokens += delta.num_prompt_tokens
+                    if metrics is not None:
+                        metrics.time_to_first_token.observe(now - tracked.arrival)
+                elif tracked.last_token is not None and metrics is not None:
                     metrics.inter_token_latency.observe(now - tracked.last_token)
                 tracked.last_token = now
             if delta.queue_time_s is not None and metrics is not None:
@@ -196,21 +255,24 @@ class AsyncEngine:
                     metrics.e2e_request_latency.observe(now - tracked.arrival)
                     metrics.prompt_tokens.inc(tracked.num_prompt_tokens)
 
-    def _update_engine_metrics(self) -> None:
-        stats = self.engine.stats()
-        self._num_waiting = stats.num_waiting
+    def _update_stats(self, core: LLMEngine) -> None:
+        s = core.stats()
+        stats = self._stats
+        stats.num_running, stats.num_waiting = s.num_running, s.num_waiting
+        stats.kv_cache_usage = s.kv_cache_usage
+        stats.prefix_cache_queries, stats.prefix_cache_hits = (
+            s.prefix_cache_queries,
+            s.prefix_cache_hits,
+        )
+        stats.num_preemptions = s.num_preemptions
+        self._num_added_since_stats = 0
         if self.metrics is not None:
-            self.metrics.update_engine_state(
-                stats.num_running,
-                stats.num_waiting,
-                stats.kv_cache_usage,
-                stats.prefix_cache_queries,
-                stats.prefix_cache_hits,
-                stats.num_preemptions,
-            )
+            self.metrics.update_engine_state(stats)
 
     def _mark_dead(self, reason: str) -> None:
+        self._state = EngineState.DEAD
         self._dead_reason = reason
+        self._draining.set()
         if self.metrics is not None:
             self.metrics.engine_healthy.set(0)
         self._fail_all(f"the engine failed and cannot continue: {reason}")
@@ -221,61 +283,88 @@ class AsyncEngine:
                 lambda i, rid=request_id: _error_delta(rid, i, message, finish_reason)
             )
         self._tracked.clear()
-        if self._engine is not None:
+        if self._core is not None:
             try:
-                self._engine.abort(list(self._engine.scheduler.requests))
+                self._core.abort(list(self._core.scheduler.requests))
             except Exception:  # the engine may be broken; its memory goes with the process
                 logger.exception("could not release requests after a failure")
 
     # ---- the public API ---------------------------------------------------------------------
-    def new_request_id(self, prefix: str = "cmpl") -> str:
-        return f"{prefix}-{self._id_prefix}{next(self._ids):x}"
-
     async def submit(
-        self,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        request_id: str | None = None,
-        priority: int = 0,
+        self, engine_input: EngineInput, request_id: str | None = None
     ) -> RequestStream:
-        """Queue a request; returns the stream of its deltas.
+        """Queue one checked request (see `InputProcessor`); returns the stream of its deltas.
 
-        Raises ValueError (bad request, e.g. too long for the context), QueueFullError, or
-        EngineNotReadyError.
+        Raises QueueFullError, EngineNotReadyError (or its subclasses), InvalidRequestError for
+        an id already in use.
         """
-        self._check_serving()
-        engine = self.engine
-        engine.validate(prompt_token_ids, params)
+        ids = None if request_id is None else [request_id]
+        return (await self.submit_all([engine_input], ids))[0]
+
+    async def submit_all(
+        self, engine_inputs: Sequence[EngineInput], request_ids: Sequence[str] | None = None
+    ) -> list[RequestStream]:
+        """Queue several requests, all or none (one API request with several prompts).
+
+        A batch larger than the whole queue (`max_num_waiting`) could never be accepted: it
+        raises InvalidRequestError naming `prompt`, not QueueFullError.
+        """
+        self.check_serving()
+        num = len(engine_inputs)
         limit = self.config.max_num_waiting
-        if self._num_waiting + self._num_queued_adds >= limit:
+        if num > limit:
+            raise InvalidRequestError(
+                f"this request has {num} prompts, but at most {limit} requests can wait in the "
+                f"queue (max_num_waiting); send at most {limit} prompts per request",
+                "prompt",
+            )
+        num_waiting = self._stats.num_waiting + self._num_added_since_stats + self._num_queued_adds
+        if num_waiting + num > limit:
             raise QueueFullError(
-                f"the server is busy ({limit} requests waiting); retry later", self.retry_after_s()
+                f"the server is busy ({num_waiting} requests waiting, limit {limit}); retry later",
+                self._retry_after_s(),
             )
-        request_id = request_id or self.new_request_id()
-        if request_id in self._tracked:
-            raise ValueError(f"request id {request_id!r} is already in use")
-        stream = RequestStream(request_id, params.n)
-        self._tracked[request_id] = _Tracked(stream, stream.arrival_time)
-        self._num_queued_adds += 1
+        if request_ids is None:
+            request_ids = [self._new_request_id() for _ in range(num)]
+        if len(request_ids) != num or len(set(request_ids)) != num:
+            raise ValueError("need one distinct request id per input")
+        for request_id in request_ids:
+            if request_id in self._tracked:
+                raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        streams = []
+        for request_id, engine_input in zip(request_ids, engine_inputs):
+            stream = RequestStream(request_id, engine_input.params.n)
+            self._tracked[request_id] = _Tracked(stream, stream.arrival_time)
+            streams.append(stream)
+        self._num_queued_adds += num
+        sent = 0
         try:
-            await self._send.send(
-                _Add(request_id, list(prompt_token_ids), params, priority, stream)
-            )
-        except trio.BrokenResourceError:
-            self._num_queued_adds -= 1
-            self._tracked.pop(request_id, None)
-            raise EngineNotReadyError("the engine has shut down") from None
-        except BaseException:
-            self._num_queued_adds -= 1
-            self._tracked.pop(request_id, None)
+            for request_id, engine_input, stream in zip(request_ids, engine_inputs, streams):
+                await self._send.send(_Add(request_id, engine_input, stream))
+                sent += 1
+        except BaseException as exc:
+            self._num_queued_adds -= num - sent
+            for request_id in request_ids[sent:]:
+                self._tracked.pop(request_id, None)
+            for request_id in request_ids[:sent]:
+                self.abort_nowait(request_id)
+            if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+                raise EngineStoppedError("the engine has shut down") from None
             raise
-        return stream
+        return streams
+
+    async def generate(
+        self, prompt: str | list[int], params: SamplingParams, priority: int = 0
+    ) -> RequestStream:
+        """Tokenize and check a prompt (in a worker thread), then submit it."""
+        self.check_serving()
+        return await self.submit(await self.input_processor.process(prompt, params, priority))
 
     def abort_nowait(self, request_id: str) -> None:
         """Abort a request (all its samples); its KV blocks return to the pool before the next
         step. Never blocks, so a burst of disconnects cannot wait on a full command queue;
         the pending set holds at most one entry per tracked request."""
-        if self._stopped or self._dead_reason is not None:
+        if self._state in (EngineState.STOPPED, EngineState.DEAD):
             return
         if request_id in self._tracked:
             self._pending_aborts.add(request_id)
@@ -285,23 +374,42 @@ class AsyncEngine:
         self.abort_nowait(request_id)
         await trio.lowlevel.checkpoint()
 
+    def begin_draining(self) -> None:
+        """Take no new requests (they get EngineStoppedError); running ones continue."""
+        if self._state in (EngineState.LOADING, EngineState.READY):
+            self._state = EngineState.DRAINING
+        self._draining.set()
+
     async def shutdown(self) -> None:
         """Stop the actor after the current step; unfinished requests end with an error."""
-        if not self._stopped:
-            with contextlib.suppress(trio.BrokenResourceError):
+        self.begin_draining()
+        if self._state is not EngineState.STOPPED:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self._send.send(_Shutdown())
 
-    def _check_serving(self) -> None:
-        if self._dead_reason is not None:
-            raise EngineNotReadyError(f"the engine failed: {self._dead_reason}")
-        if not self._ready:
-            raise EngineNotReadyError("the engine is still loading")
-        if self._stopped:
-            raise EngineNotReadyError("the engine has shut down")
+    # ---- helpers ----------------------------------------------------------------------------
+    def check_serving(self) -> None:
+        """Raise the EngineNotReadyError (subclass) that says why, unless READY."""
+        if self._state is not EngineState.READY:
+            raise self._not_serving_error()
 
-    def retry_after_s(self) -> int:
-        """A hint for Retry-After when the queue is full (at least one second)."""
-        return max(1, math.ceil(self._num_waiting / max(1, self.config.max_num_seqs)))
+    def _not_serving_error(self) -> EngineNotReadyError:
+        state = self._state
+        if state is EngineState.DEAD:
+            return EngineDeadError(f"the engine failed: {self._dead_reason}")
+        if state is EngineState.LOADING:
+            return EngineNotReadyError("the engine is still loading")
+        if state is EngineState.READY:  # loaded, but a caller asked for what is not there yet
+            return EngineNotReadyError("the engine is still starting")
+        return EngineStoppedError("the server is shutting down")
+
+    def _new_request_id(self) -> str:
+        self._num_ids += 1
+        return f"{self._id_prefix}-{self._num_ids:x}"
+
+    def _retry_after_s(self) -> int:
+        """A hint for when the queue may have room (at least one second)."""
+        return max(1, math.ceil(self._stats.num_waiting / max(1, self.config.max_num_seqs)))
 
 
 def _error_delta(

@@ -4,51 +4,72 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-DTYPES = ("float32", "float16", "bfloat16")
-ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
-CPU_LINEAR_CHOICES = ("auto", "onednn", "torch")
+DType = Literal["float32", "float16", "bfloat16"]
+AttentionBackend = Literal["auto", "torch", "cpu", "triton"]
+CpuLinear = Literal["auto", "onednn", "torch"]
+DTYPES: tuple[str, ...] = get_args(DType)
+ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
+CPU_LINEAR_CHOICES: tuple[str, ...] = get_args(CpuLinear)
 
 
 @dataclass
 class EngineConfig:
-    """Configuration of one engine instance.
+    """The engine: the model, the KV cache and the batching limits.
 
-    `model` is a Hugging Face folder (config.json + safetensors), a `.gguf` file, or None for the
-    bundled SmolLM2-135M-Instruct. Sizes left as None are derived at start-up from the model and
-    the memory budget (see `resolve`).
+    Sizes left unset are derived at start-up from the model and the memory budget. Each
+    field's docstring is also its `triode serve --help` text.
     """
 
     model: str | None = None
-    # The name clients use in the API (`model` field); defaults to the folder or file name.
+    """A Hugging Face folder (config.json, *.safetensors, tokenizer files) or a .gguf file.
+    Unset: the bundled SmolLM2-135M-Instruct. Models are never downloaded."""
     served_model_name: str | None = None
-    dtype: str = "float32"
+    """The name clients use in the API's `model` field (default: the folder or file name)."""
+    dtype: DType = "float32"
+    """Data type of the weights and the KV cache."""
     device: str = "auto"
+    """Where the model runs: auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, ..."""
     seed: int = 0
-    # CPU threads for torch's intra-op pool; None keeps torch's default (all cores).
+    """Random seed of the engine (sampling of requests that bring no seed of their own)."""
     num_threads: int | None = None
+    """CPU threads for torch's operations (default: torch's, all cores)."""
 
-    # KV cache: fixed-size blocks in a pool. `num_kv_blocks` overrides the size computed from
-    # `kv_cache_memory_gib`.
     block_size: int = 16
+    """Tokens per KV-cache block (a power of two)."""
     num_kv_blocks: int | None = None
+    """KV-cache blocks; overrides the number computed from --kv-cache-memory-gib."""
     kv_cache_memory_gib: float = 4.0
+    """Memory for the KV cache, in GiB (on the CPU it is committed only as blocks are used)."""
     enable_prefix_caching: bool = True
+    """Reuse the KV cache of prompt prefixes that earlier requests computed."""
 
-    # Continuous batching limits.
     max_num_seqs: int = 128
+    """Sequences in one batch, at most."""
     max_num_batched_tokens: int = 512
+    """Tokens in one step (prompt chunks plus decode tokens), at most."""
     max_model_len: int | None = None
+    """Context length: prompt plus completion tokens (default: the model's, capped by the KV
+    cache)."""
 
-    # Front-door limits used by the async engine and the server.
     max_num_waiting: int = 1024
+    """Requests that may wait for a place in the batch; more get 503 with Retry-After (a single
+    request with more prompts than this gets 400)."""
+    num_input_workers: int = 2
+    """Threads that apply chat templates, tokenize and check requests, off the event loop (each
+    with its own tokenizer)."""
 
-    attention_backend: str = "auto"
-    # CPU matmuls: auto = oneDNN where available (about 2x torch's default BLAS on AMD CPUs).
-    cpu_linear: str = "auto"
+    attention_backend: AttentionBackend = "auto"
+    """Attention kernels: auto (Triton on CUDA; on the CPU a small C kernel when it builds,
+    else torch), torch, cpu, triton."""
+    cpu_linear: CpuLinear = "auto"
+    """CPU matrix multiplies: auto (oneDNN where available, about 2x torch's default BLAS on
+    AMD CPUs), onednn, torch."""
 
-    # Where converted GGUF models are cached (None: $XDG_CACHE_HOME/triode or ~/.cache/triode).
     cache_dir: str | None = None
+    """Where converted GGUF models are cached (default: $XDG_CACHE_HOME/triode or
+    ~/.cache/triode)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -73,8 +94,10 @@ class EngineConfig:
             )
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
-        if self.max_num_waiting < 0:
-            raise ValueError(f"max_num_waiting must be >= 0, got {self.max_num_waiting}")
+        if self.max_num_waiting < 1:
+            raise ValueError(f"max_num_waiting must be >= 1, got {self.max_num_waiting}")
+        if self.num_input_workers < 1:
+            raise ValueError(f"num_input_workers must be >= 1, got {self.num_input_workers}")
 
     @classmethod
     def field_names(cls) -> set[str]:

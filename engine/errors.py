@@ -33,4 +33,13 @@ class QueueFullError(EngineError):
 
 
 class EngineNotReadyError(EngineError):
-    """The engine has not finished loading, has shut down, or has died."""
+    """The engine does not take requests now: still loading (this class itself), draining or
+    shut down (EngineStoppedError), or failed (EngineDeadError)."""
+
+
+class EngineStoppedError(EngineNotReadyError):
+    """The engine is draining or has shut down: it takes no new requests."""
+
+
+class EngineDeadError(EngineNotReadyError):
+    """The engine failed (to load, or later) and cannot serve until restarted."""

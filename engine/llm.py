@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from triode.engine.config import EngineConfig
+from triode.engine.input_processor import encode_text, render_chat
 from triode.engine.llm_engine import LLMEngine
 from triode.engine.outputs import CompletionOutput, RequestOutput
 from triode.engine.sampling.sampling_params import SamplingParams
@@ -114,7 +115,5 @@ def apply_chat_template(
     tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True
 ) -> list[int]:
     """Token ids of a conversation rendered with the tokenizer's chat template."""
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    return tokenizer.encode(text, add_special_tokens=False)
+    text = render_chat(tokenizer, messages, add_generation_prompt)
+    return encode_text(tokenizer, text, add_special_tokens=False)

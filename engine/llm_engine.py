@@ -12,7 +12,8 @@ import time
 from triode.engine.config import EngineConfig
 from triode.engine.core.request import Request, RequestStatus
 from triode.engine.core.scheduler import Scheduler, SchedulerStats
-from triode.engine.errors import ContextLengthError
+from triode.engine.errors import InvalidRequestError
+from triode.engine.inputs import EngineInput, ModelInfo, make_engine_input
 from triode.engine.models.loader import resolve_model
 from triode.engine.output_processor import OutputProcessor
 from triode.engine.runner.model_runner import ModelRunner
@@ -42,6 +43,14 @@ class LLMEngine:
         self.outputs = OutputProcessor(self.tokenizer)
         self.eos_token_id: int | None = self.tokenizer.eos_token_id
         self._extra_eos_ids = self._generation_eos_ids() - {self.eos_token_id}
+        eos_ids = self._extra_eos_ids | ({self.eos_token_id} - {None})
+        self.model_info = ModelInfo(
+            name=self.model_name,
+            folder=str(self.model_folder),
+            max_model_len=self.max_model_len,
+            vocab_size=self.runner.vocab_size,
+            eos_token_ids=tuple(sorted(eos_ids)),  # type: ignore[arg-type]
+        )
         self.num_failed_steps = 0
         self.last_error: str | None = None
         # Cumulative seconds per phase of `step` outside the runner (for profiling).
@@ -60,33 +69,6 @@ class LLMEngine:
         return set(eos) if isinstance(eos, list) else {eos}
 
     # ---- requests ---------------------------------------------------------------------------
-    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> int:
-        """Check a request against the model; return its resolved max_tokens."""
-        num_prompt = len(prompt_token_ids)
-        if num_prompt == 0:
-            raise ValueError("the prompt must contain at least one token")
-        vocab = self.runner.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_token_ids):
-            raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        limit = self.max_model_len
-        if num_prompt >= limit:
-            raise ContextLengthError(
-                f"This model's maximum context length is {limit} tokens. However, your prompt "
-                f"has {num_prompt} tokens, which leaves no room for a completion. Please reduce "
-                "the length of the prompt.",
-                param="prompt",
-            )
-        if params.max_tokens is None:
-            return limit - num_prompt
-        if num_prompt + params.max_tokens > limit:
-            raise ContextLengthError(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{num_prompt + params.max_tokens} tokens ({num_prompt} in the prompt, "
-                f"{params.max_tokens} for the completion). Please reduce the prompt or max_tokens.",
-                param="max_tokens",
-            )
-        return params.max_tokens
-
     def add_request(
         self,
         request_id: str,
@@ -95,20 +77,29 @@ class LLMEngine:
         priority: int = 0,
         arrival_time: float | None = None,
     ) -> None:
-        max_tokens = self.validate(prompt_token_ids, params)
+        """Check a request against the model (InvalidRequestError / ContextLengthError) and
+        queue it."""
+        engine_input = make_engine_input(self.model_info, prompt_token_ids, params, priority)
+        self.add_input(request_id, engine_input, arrival_time)
+
+    def add_input(
+        self, request_id: str, engine_input: EngineInput, arrival_time: float | None = None
+    ) -> None:
+        """Queue a request already checked by `make_engine_input` (no second check)."""
         if request_id in self.scheduler.requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        params = engine_input.params
         if self._extra_eos_ids and not params.ignore_eos:
             params = params.clone(
                 stop_token_ids=[*params.stop_token_ids, *sorted(self._extra_eos_ids)]
             )
         request = Request(
             request_id=request_id,
-            prompt_token_ids=list(prompt_token_ids),
+            prompt_token_ids=engine_input.prompt_token_ids,
             sampling_params=params,
-            max_tokens=max_tokens,
+            max_tokens=engine_input.max_tokens,
             eos_token_id=self.eos_token_id,
-            priority=priority,
+            priority=engine_input.priority,
             arrival_time=time.monotonic() if arrival_time is None else arrival_time,
         )
         self.scheduler.add_request(request)

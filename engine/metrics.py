@@ -6,6 +6,8 @@ feeds it; `/metrics` renders it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -87,6 +89,20 @@ _E2E_BUCKETS = (
 )
 
 
+@dataclass(slots=True)
+class EngineStats:
+    """The engine's counters (totals since start) and gauges (as of the last step)."""
+
+    num_running: int = 0
+    num_waiting: int = 0
+    kv_cache_usage: float = 0.0  # fraction of KV blocks held by requests
+    num_prompt_tokens: int = 0  # prompts of requests that produced their first token
+    num_generation_tokens: int = 0
+    prefix_cache_queries: int = 0  # prompt tokens looked up
+    prefix_cache_hits: int = 0
+    num_preemptions: int = 0
+
+
 class EngineMetrics:
     def __init__(self, model_name: str) -> None:
         self.registry = CollectorRegistry()
@@ -152,24 +168,16 @@ class EngineMetrics:
     def finished(self, reason: str) -> None:
         self._success.labels(self._model_name, reason).inc()
 
-    def update_engine_state(
-        self,
-        num_running: int,
-        num_waiting: int,
-        kv_usage: float,
-        prefix_queries: int,
-        prefix_hits: int,
-        num_preemptions: int,
-    ) -> None:
+    def update_engine_state(self, stats: EngineStats) -> None:
         """Refresh the gauges and advance the counters kept as totals by the engine."""
-        self.num_requests_running.set(num_running)
-        self.num_requests_waiting.set(num_waiting)
-        self.kv_cache_usage_perc.set(kv_usage)
-        self.prefix_cache_queries.inc(prefix_queries - self._last_queries)
-        self.prefix_cache_hits.inc(prefix_hits - self._last_hits)
-        self.num_preemptions.inc(num_preemptions - self._last_preemptions)
-        self._last_queries, self._last_hits = prefix_queries, prefix_hits
-        self._last_preemptions = num_preemptions
+        self.num_requests_running.set(stats.num_running)
+        self.num_requests_waiting.set(stats.num_waiting)
+        self.kv_cache_usage_perc.set(stats.kv_cache_usage)
+        self.prefix_cache_queries.inc(stats.prefix_cache_queries - self._last_queries)
+        self.prefix_cache_hits.inc(stats.prefix_cache_hits - self._last_hits)
+        self.num_preemptions.inc(stats.num_preemptions - self._last_preemptions)
+        self._last_queries, self._last_hits = stats.prefix_cache_queries, stats.prefix_cache_hits
+        self._last_preemptions = stats.num_preemptions
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,8 +19,8 @@ from triode.web.errors import ApiError
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 BEARER_SUBPROTOCOL_PREFIX = "bearer."
-# Paths a load balancer or Prometheus reads without a key.
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+# Paths a load balancer, Prometheus or a version probe reads without a key.
+OPEN_PATHS = frozenset({"/health", "/metrics", "/version"})
 CORS_MAX_AGE_S = 600
 
 

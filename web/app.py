@@ -30,7 +30,6 @@ from triode.web.access import (
     preflight_headers,
 )
 from triode.web.errors import ApiError, api_error_from
-from triode.web.formatting import TokenTexts
 from triode.web.routes_admin import register_admin_routes
 from triode.web.routes_openai import register_openai_routes
 from triode.web.routes_page import PAGE_PATHS, register_page_routes
@@ -95,7 +94,6 @@ def create_app(state: AppState) -> TriodeApp:
         PROVIDE_AUTOMATIC_OPTIONS=False,  # preflights are answered by `check_access`
     )
     app.extensions["triode"] = state
-    texts = TokenTexts(lambda: state.engine.engine.tokenizer)
 
     @app.before_request
     async def check_access() -> Response | None:
@@ -134,8 +132,8 @@ def create_app(state: AppState) -> TriodeApp:
     async def on_unexpected(error: Exception) -> Response:
         return api_error_from(error).to_response()  # logs it; a 500 only for our bugs
 
-    register_openai_routes(app, state, texts)
+    register_openai_routes(app, state)
     register_admin_routes(app, state)
-    register_ws_route(app, state, texts)
+    register_ws_route(app, state)
     register_page_routes(app)
     return app

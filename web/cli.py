@@ -1,133 +1,117 @@
-"""The `triode` command: `triode serve` (the HTTP/WebSocket server) and `triode generate`.
+"""The `triode` command: `triode serve` (the HTTP/WebSocket server) and `triode generate`
+(one completion, offline).
 
-Every EngineConfig field is a flag (`max_num_seqs` -> `--max-num-seqs`), and so is every
-ServerConfig field for `serve`; flags left out keep the dataclass defaults.
+Every field of ServerConfig and EngineConfig is a flag (`max_num_seqs` -> `--max-num-seqs`);
+tyro builds the flags from the dataclasses and takes each flag's help from the field's
+docstring, so the help and the code cannot drift apart. Flags left out keep the defaults.
 
     triode serve --port 8000 --api-key sk-local --max-num-seqs 64
     triode generate "Write a haiku about trio" --chat --max-tokens 64
+
+Start-up failures (a busy port, a missing model, a bad flag value) are one line on stderr and
+exit status 1 (2 for a bad flag); `--log-level debug` adds the traceback. The port is bound
+before anything heavy is imported, so a busy one is reported at once.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
-import resource
 import signal
+import socket
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Annotated
 
-import trio
+import tyro
+from tyro.conf import OmitArgPrefixes, OmitSubcommandPrefixes, Positional, subcommand
 
-from triode.engine.config import ATTENTION_BACKENDS, CPU_LINEAR_CHOICES, DTYPES, EngineConfig
-from triode.web.state import ServerConfig
+from triode.engine import EngineConfig, GenerateOptions
+from triode.host import raise_open_file_limit
+from triode.web.listen import ListenError, open_listen_socket
+from triode.web.state import LogLevel, ServerConfig
 
 logger = logging.getLogger("triode")
 
-_CHOICES = {
-    "dtype": DTYPES,
-    "attention_backend": ATTENTION_BACKENDS,
-    "cpu_linear": CPU_LINEAR_CHOICES,
-}
-_SCALARS = {"str": str, "int": int, "float": float}
-# In `generate`, --seed is the sampling seed; the engine's own seed moves aside.
-_GENERATE_RENAMES = {"seed": "engine_seed"}
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def add_dataclass_flags(
-    parser: argparse.ArgumentParser,
-    cls: type,
-    title: str,
-    renames: dict[str, str] | None = None,
-) -> None:
-    """One flag per field of `cls`, typed from its annotation; defaults stay the dataclass's."""
-    group = parser.add_argument_group(title)
-    renames = renames or {}
-    for f in dataclasses.fields(cls):
-        flag = "--" + renames.get(f.name, f.name).replace("_", "-")
-        annotation = str(f.type).replace(" ", "")
-        base = annotation.removesuffix("|None")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        kwargs["help"] = f"{cls.__name__}.{f.name} (default: {default!r})"
-        if base == "bool":
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif base == "list[str]":
-            kwargs.update(action="extend", type=_comma_list, metavar="A,B")
-        elif base in _SCALARS:
-            kwargs["type"] = _SCALARS[base]
-            if f.name in _CHOICES:
-                kwargs["choices"] = _CHOICES[f.name]
-        else:  # a new field type must be taught here, not silently skipped
-            raise TypeError(f"no flag type for {cls.__name__}.{f.name}: {f.type}")
-        group.add_argument(flag, **kwargs)
+@dataclass
+class Serve:
+    """Serve the OpenAI-compatible HTTP API, the WebSocket API and the chat page."""
+
+    server: OmitArgPrefixes[ServerConfig]
+    engine: OmitArgPrefixes[EngineConfig]
 
 
-def _comma_list(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+@dataclass
+class Generate:
+    """Stream one completion to stdout, offline (no server)."""
+
+    prompt: Positional[str]
+    """The prompt text; - reads it from stdin."""
+    options: OmitArgPrefixes[GenerateOptions]
+    engine: OmitArgPrefixes[EngineConfig]
+    log_level: LogLevel = "warning"
+    """Logging level."""
 
 
-def _pick(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}
+Command = Annotated[Serve, subcommand("serve")] | Annotated[Generate, subcommand("generate")]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="triode", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="serve the OpenAI-compatible HTTP/WebSocket API")
-    add_dataclass_flags(serve, ServerConfig, "server")
-    add_dataclass_flags(serve, EngineConfig, "engine")
-
-    generate = commands.add_parser("generate", help="stream one completion to stdout (offline)")
-    generate.add_argument("prompt", help='the prompt text ("-" reads it from stdin)')
-    generate.add_argument("--max-tokens", type=int, default=128)
-    generate.add_argument("--temperature", type=float, default=0.0)
-    generate.add_argument("--seed", dest="sampling_seed", type=int, default=None)
-    generate.add_argument(
-        "--chat", action="store_true", help="wrap the prompt as a user message (chat template)"
+def parse(argv: Sequence[str] | None = None) -> Serve | Generate:
+    """The command and its configs; a bad flag or value exits 2 with a usage message."""
+    return tyro.cli(
+        Command,  # type: ignore[arg-type]
+        prog="triode",
+        description=__doc__.split("\n\n")[0],
+        args=argv,
+        config=(OmitSubcommandPrefixes,),
     )
-    generate.add_argument("--log-level", default="warning")
-    add_dataclass_flags(generate, EngineConfig, "engine", _GENERATE_RENAMES)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        engine_config = EngineConfig.from_kwargs(**_pick(args, EngineConfig))
-    except (TypeError, ValueError) as exc:
-        print(f"triode: error: {exc}", file=sys.stderr)
-        return 2
-    if args.command == "serve":
-        return run_serve(engine_config, ServerConfig(**_pick(args, ServerConfig)))
-    from triode.web.offline import run_generate
+    command = parse(argv)
+    if isinstance(command, Serve):
+        level = command.server.log_level
+        logging.basicConfig(level=level.upper(), format=_LOG_FORMAT)
+        if level != "debug":  # its "Running on" line would come before the model loads
+            logging.getLogger("hypercorn.error").setLevel(logging.WARNING)
+        return run_serve(command.engine, command.server)
+    logging.basicConfig(level=command.log_level.upper(), format=_LOG_FORMAT)
+    from triode.engine import run_generate
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    return run_generate(
-        engine_config,
-        prompt,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        seed=args.sampling_seed,
-        chat=args.chat,
+    prompt = sys.stdin.read() if command.prompt == "-" else command.prompt
+    return _reporting_failures(
+        lambda: run_generate(command.engine, prompt, command.options),
+        command.log_level == "debug",
     )
 
 
 def run_serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
-    from triode.web.server import EngineLoadError
-
     raise_open_file_limit()
     try:
-        stopped_at_once = trio.run(_serve_until_signalled, engine_config, server_config)
+        # NOTE: before importing the server (torch, transformers: seconds), so a busy port is
+        # reported at once and the model is never loaded for a server that cannot listen.
+        sock = open_listen_socket(server_config.host, server_config.port)
+    except ListenError as exc:
+        print(f"triode: {exc}", file=sys.stderr)
+        return 1
+    is_debug = server_config.log_level == "debug"
+    return _reporting_failures(lambda: _run_server(engine_config, server_config, sock), is_debug)
+
+
+def _run_server(
+    engine_config: EngineConfig, server_config: ServerConfig, sock: socket.socket
+) -> int:
+    import trio
+
+    from triode.web.server import EngineLoadError
+
+    try:
+        stopped_at_once = trio.run(_serve_until_signalled, engine_config, server_config, sock)
     except EngineLoadError as exc:
-        print(f"triode: the model failed to load: {exc}", file=sys.stderr)
+        print(f"triode: {exc}", file=sys.stderr)
         return 1
     if stopped_at_once:
         print("triode: stopped without waiting for in-flight requests", file=sys.stderr)
@@ -135,7 +119,21 @@ def run_serve(engine_config: EngineConfig, server_config: ServerConfig) -> int:
     return 0
 
 
-async def _serve_until_signalled(engine_config: EngineConfig, server_config: ServerConfig) -> bool:
+def _reporting_failures(run: Callable[[], int], is_debug: bool) -> int:
+    """Run; an unexpected exception becomes one line and exit 1 (a traceback with debug)."""
+    try:
+        return run()
+    except Exception as exc:
+        if is_debug:
+            logger.exception("failed")
+        detail = "" if is_debug else " (--log-level debug shows the traceback)"
+        print(f"triode: {type(exc).__name__}: {exc}{detail}", file=sys.stderr)
+        return 1
+
+
+async def _serve_until_signalled(
+    engine_config: EngineConfig, server_config: ServerConfig, sock: socket.socket
+) -> bool:
     """Serve; the first SIGINT/SIGTERM shuts down gracefully, a second one stops at once.
     Returns True for the second case.
 
@@ -143,6 +141,8 @@ async def _serve_until_signalled(engine_config: EngineConfig, server_config: Ser
     the second SIGINT into KeyboardInterrupt is unreliable: it is raised in whatever task code
     is running, and a handler's cleanup can swallow it.
     """
+    import trio
+
     from triode.web.server import EngineLoadError, serve
 
     first_signal = trio.Event()
@@ -163,22 +163,13 @@ async def _serve_until_signalled(engine_config: EngineConfig, server_config: Ser
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals, nursery.cancel_scope)
         try:
-            await serve(engine_config, server_config, first_signal.wait)
+            await serve(engine_config, server_config, first_signal.wait, listen_socket=sock)
         except EngineLoadError as exc:  # re-raised below, not wrapped in the nursery's group
             load_error = exc
         nursery.cancel_scope.cancel()
     if load_error is not None:
         raise load_error
     return stopped_at_once
-
-
-def raise_open_file_limit(wanted: int = 65536) -> None:
-    """Lift the soft RLIMIT_NOFILE toward the hard limit: every client socket is a file
-    descriptor, and a common default soft limit of 1024 refuses connections near a thousand."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 if __name__ == "__main__":

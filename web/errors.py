@@ -3,26 +3,28 @@
 Every error the server sends has the shape {"error": {"message", "type", "param", "code"}}:
 400 for bad input, 401 for a bad key, 403 for a refused origin, 404 for an unknown model or
 route, 503 (with Retry-After) when the queue is full or the engine is not serving, 500 only
-for our own bugs.
+for our own bugs. Status codes, wording of HTTP-level errors and Retry-After live here, not in
+the engine.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
 from typing import Any
 
 import orjson
 from quart import Response
 
-from triode.engine.errors import ContextLengthError, EngineNotReadyError, QueueFullError
-from triode.engine.sampling.sampling_params import SamplingParams
+from triode.engine import (
+    ContextLengthError,
+    EngineDeadError,
+    EngineNotReadyError,
+    EngineStoppedError,
+    InvalidRequestError,
+    QueueFullError,
+)
 
 logger = logging.getLogger(__name__)
-
-_FIELD_NAME = re.compile(r"^([a-z_][a-z0-9_]*)\b")
-_PARAM_NAMES = {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 class ApiError(Exception):
@@ -66,19 +68,27 @@ def internal_error(message: str = "internal server error") -> ApiError:
 
 
 def api_error_from(exc: BaseException) -> ApiError:
-    """Map any exception raised while serving a request to the error the client gets."""
+    """Map any exception raised while serving a request to the error the client gets, by its
+    type (the engine's typed errors carry the field as `param`; no message is parsed)."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ContextLengthError):
         return bad_request(str(exc), exc.param, "context_length_exceeded")
+    if isinstance(exc, InvalidRequestError):
+        return bad_request(str(exc), exc.param)
     if isinstance(exc, QueueFullError):
         return service_unavailable(str(exc), "server_overloaded", exc.retry_after_s)
+    if isinstance(exc, EngineDeadError):
+        return service_unavailable(str(exc), "engine_dead")
+    if isinstance(exc, EngineStoppedError):
+        return service_unavailable(str(exc), "server_shutting_down", 1)
     if isinstance(exc, EngineNotReadyError):
         return service_unavailable(str(exc), "engine_not_ready", 1)
-    if isinstance(exc, ValueError):  # the engine's own checks name the field first
-        match = _FIELD_NAME.match(str(exc))
-        param = match.group(1) if match and match.group(1) in _PARAM_NAMES else None
-        return bad_request(str(exc), param)
+    if isinstance(exc, ValueError):
+        # NOTE: a safety net. Request preparation raises typed errors; an untyped ValueError
+        # there is still most likely about the input, and bad input never gets a 500.
+        logger.warning("untyped ValueError while preparing a request: %s", exc)
+        return bad_request(str(exc))
     logger.error("unexpected error while serving a request", exc_info=exc)
     return internal_error()
 

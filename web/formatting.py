@@ -13,24 +13,8 @@ from typing import Any
 from triode.streaming.delta import TokenLogprob
 from triode.web.prepare import CHAT, PreparedRequest
 
-_TOKEN_TEXT_CACHE_SIZE = 1 << 16
-
-
-class TokenTexts:
-    """The text of single tokens (for logprobs), memoised: the same ids recur constantly."""
-
-    def __init__(self, get_tokenizer: Callable[[], Any]) -> None:
-        self._get_tokenizer = get_tokenizer  # called late: the app exists before the model
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, token_id: int) -> str:
-        text = self._cache.get(token_id)
-        if text is None:
-            if len(self._cache) >= _TOKEN_TEXT_CACHE_SIZE:
-                self._cache.clear()
-            text = self._get_tokenizer().decode([token_id])
-            self._cache[token_id] = text
-        return text
+# The text of one token id (for logprobs): `InputProcessor.token_text`, memoised.
+TokenText = Callable[[int], str]
 
 
 @dataclass(slots=True)
@@ -54,7 +38,7 @@ class ResponseFormat:
     chunk_object = ""
     response_object = ""
 
-    def __init__(self, prepared: PreparedRequest, token_texts: TokenTexts) -> None:
+    def __init__(self, prepared: PreparedRequest, token_texts: TokenText) -> None:
         self.prepared = prepared
         self.token_texts = token_texts
 
@@ -219,7 +203,7 @@ class CompletionFormat(ResponseFormat):
         return obj, offset
 
 
-def format_for(prepared: PreparedRequest, token_texts: TokenTexts) -> ResponseFormat:
+def format_for(prepared: PreparedRequest, token_texts: TokenText) -> ResponseFormat:
     return (
         ChatFormat(prepared, token_texts)
         if prepared.kind == CHAT

@@ -7,15 +7,16 @@ client leaving, a cancel message, an error, or shutdown.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from typing import Any
 
-from triode.engine.async_engine import AsyncEngine
+from triode.engine import AsyncEngine
 from triode.streaming.delta import RequestDelta
 from triode.streaming.request_stream import RequestStream
 from triode.web.errors import ApiError, internal_error, service_unavailable
-from triode.web.formatting import ChoiceState, TokenTexts, format_for
-from triode.web.prepare import PreparedRequest
+from triode.web.formatting import ChoiceState, TokenText, format_for
+from triode.web.prepare import PreparedRequest, prepare_request
 
 
 class Generation:
@@ -26,7 +27,7 @@ class Generation:
         engine: AsyncEngine,
         prepared: PreparedRequest,
         streams: list[RequestStream],
-        token_texts: TokenTexts,
+        token_texts: TokenText,
     ) -> None:
         self.prepared = prepared
         self._engine = engine
@@ -45,23 +46,23 @@ class Generation:
         self.build_chunks = True  # off when only the final response is wanted
 
     @classmethod
-    async def start(
-        cls, engine: AsyncEngine, prepared: PreparedRequest, token_texts: TokenTexts
+    async def create(
+        cls, engine: AsyncEngine, kind: str, body: bytes | dict[str, Any]
     ) -> Generation:
-        """Submit every prompt; if any is refused, abort the ones already queued and raise."""
-        streams: list[RequestStream] = []
-        many = len(prepared.prompts) > 1
-        try:
-            for i, prompt in enumerate(prepared.prompts):
-                request_id = f"{prepared.response_id}-{i}" if many else prepared.response_id
-                streams.append(
-                    await engine.submit(
-                        prompt.token_ids, prepared.params, request_id, prepared.priority
-                    )
-                )
-        except BaseException:
-            await _abort(engine, [s for s in streams if not s.is_finished])
-            raise
+        """Prepare a request body in an input-processor worker thread, then submit it."""
+        engine.check_serving()  # before any work: the refusal says why
+        processor = engine.input_processor
+        prepared = await processor.run(functools.partial(prepare_request, kind, body))
+        return await cls.start(engine, prepared, processor.token_text)
+
+    @classmethod
+    async def start(
+        cls, engine: AsyncEngine, prepared: PreparedRequest, token_texts: TokenText
+    ) -> Generation:
+        """Submit every prompt, all or none."""
+        num = len(prepared.prompts)
+        ids = [f"{prepared.response_id}-{i}" for i in range(num)] if num > 1 else None
+        streams = await engine.submit_all(prepared.engine_inputs, ids or [prepared.response_id])
         return cls(engine, prepared, streams, token_texts)
 
     # ---- iteration ----------------------------------------------------------------------------

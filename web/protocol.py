@@ -1,8 +1,10 @@
 """The request bodies of the OpenAI routes, validated with pydantic at the boundary.
 
-Strict types (no "5" for 5, no 1 for true), ranges checked here so errors name the exact field,
-unknown fields ignored (clients send many optional extras) but fields we cannot honour refused
-with a 400 rather than silently dropped. `parse_body` turns any validation failure into an
+Strict JSON types (no "5" for 5, no 1 for true), unknown fields ignored (clients send many
+optional extras) but fields we cannot honour refused with a 400 rather than silently dropped.
+Value ranges of the sampling fields are not checked here: SamplingParams checks them, once,
+naming the field; only limits that are this API's own policy (n, the number of stop strings,
+temperature's upper bound) live here. `parse_body` turns any validation failure into an
 ApiError(400) naming the field.
 """
 
@@ -16,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from triode.web.errors import ApiError, bad_request
 
 MAX_N = 128
-MAX_LOGPROBS = 20
 MAX_STOP = 16
 
 TokenId = Annotated[int, Field(ge=0)]
@@ -34,25 +35,25 @@ class _SamplingRequest(_Strict):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=MAX_N)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float = Field(1.0, le=2)  # OpenAI's range; SamplingParams checks >= 0
+    top_p: float = 1.0
+    n: int = Field(1, le=MAX_N)
     stop: list[str] = Field(default_factory=list)
-    seed: int | None = Field(None, ge=0, lt=2**63)
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # vLLM's extras
-    top_k: int = Field(0, ge=-1)
-    min_p: float = Field(0.0, ge=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     ignore_eos: bool = False
-    min_tokens: int = Field(0, ge=0)
-    stop_token_ids: list[TokenId] = Field(default_factory=list)
+    min_tokens: int = 0
+    stop_token_ids: list[int] = Field(default_factory=list)
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     priority: int = 0
@@ -96,9 +97,9 @@ class CompletionRequest(_SamplingRequest):
     # A string, a list of strings, a list of token ids, or a list of token-id lists; normalised
     # to a list of prompts, each a string or a list of token ids.
     prompt: list[Any]
-    max_tokens: int | None = Field(16, ge=1)
+    max_tokens: int | None = 16
     echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: int | None = None
     add_special_tokens: bool = True
     suffix: str | None = None
 
@@ -158,7 +159,7 @@ class ChatMessage(_Strict):
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    top_logprobs: int | None = None
     add_generation_prompt: bool = True
     tools: list[Any] | None = None
     functions: list[Any] | None = None

@@ -8,14 +8,15 @@ an `error` object, followed by `data: [DONE]`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from quart import Quart, Response, request
 
+from triode.engine import ModelInfo
 from triode.streaming.sse import DONE, MEDIA_TYPE, encode_event
 from triode.web.errors import api_error_from, json_response
-from triode.web.formatting import TokenTexts
 from triode.web.generation import Generation
-from triode.web.prepare import CHAT, COMPLETION, parse_request, prepare, service_draining
+from triode.web.prepare import CHAT, COMPLETION, model_not_found
 from triode.web.state import AppState
 
 SSE_HEADERS = {
@@ -24,22 +25,18 @@ SSE_HEADERS = {
 }
 
 
-def register_openai_routes(app: Quart, state: AppState, token_texts: TokenTexts) -> None:
+def register_openai_routes(app: Quart, state: AppState) -> None:
     async def generate(kind: str) -> Response:
-        if state.is_draining:
-            raise service_draining()
+        state.engine.check_serving()  # refuse before reading a body we would not use
         body = await request.get_data(as_text=False)
-        parsed = parse_request(kind, body)
-        prepared = prepare(state.engine, parsed)
-        generation = await Generation.start(state.engine, prepared, token_texts)
+        generation = await Generation.create(state.engine, kind, body)
         # Whatever happens from here on (the client leaving before or during the body, an
         # error), the connection runs this when it ends: the request never outlives it.
         request.cleanups.append(generation.aclose)  # type: ignore[attr-defined]
-        if not parsed.stream:
+        if not generation.prepared.is_stream:
             return json_response(await generation.collect())
-        response = Response(
-            sse_events(generation, prepared.include_usage), mimetype=MEDIA_TYPE, headers=SSE_HEADERS
-        )
+        events = sse_events(generation, generation.prepared.include_usage)
+        response = Response(events, mimetype=MEDIA_TYPE, headers=SSE_HEADERS)
         response.timeout = None  # a long generation must not be cut by RESPONSE_TIMEOUT
         return response
 
@@ -53,16 +50,26 @@ def register_openai_routes(app: Quart, state: AppState, token_texts: TokenTexts)
 
     @app.get("/v1/models")
     async def models() -> Response:
-        core = state.engine.engine  # raises EngineNotReadyError (503) while loading
-        card = {
-            "id": core.model_name,
-            "object": "model",
-            "created": state.started_at,
-            "owned_by": "triode",
-            "root": str(core.model_folder),
-            "max_model_len": core.max_model_len,
-        }
+        card = model_card(state.engine.model_info, state.started_at)  # 503 while loading
         return json_response({"object": "list", "data": [card]})
+
+    @app.get("/v1/models/<path:model_id>")
+    async def model(model_id: str) -> Response:
+        info = state.engine.model_info
+        if model_id != info.name:
+            raise model_not_found(model_id, info.name)
+        return json_response(model_card(info, state.started_at))
+
+
+def model_card(info: ModelInfo, created: int) -> dict[str, Any]:
+    return {
+        "id": info.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "triode",
+        "root": info.folder,
+        "max_model_len": info.max_model_len,
+    }
 
 
 async def sse_events(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:

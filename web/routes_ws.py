@@ -12,6 +12,7 @@ from typing import Any
 
 from quart import Quart, Response, websocket
 
+from triode.engine import EngineNotReadyError
 from triode.streaming.ws_session import Generation, WebSocketSession
 from triode.web.access import (
     check_key,
@@ -20,9 +21,7 @@ from triode.web.access import (
     websocket_key_candidates,
 )
 from triode.web.errors import api_error_from, service_unavailable
-from triode.web.formatting import TokenTexts
 from triode.web.generation import Generation as EngineGeneration
-from triode.web.prepare import parse_request, prepare, service_draining
 from triode.web.state import AppState
 
 SUBPROTOCOL = "triode"
@@ -33,17 +32,12 @@ CLOSE_GOING_AWAY = 1001
 class EngineBackend:
     """What a generation is, for the WebSocket session: the same path as the HTTP routes."""
 
-    def __init__(self, state: AppState, token_texts: TokenTexts) -> None:
+    def __init__(self, state: AppState) -> None:
         self._state = state
-        self._token_texts = token_texts
 
     async def start(self, kind: str, request: dict[str, Any]) -> Generation:
-        if self._state.is_draining:
-            raise service_draining()
         # A WebSocket always streams; `stream` in the body changes nothing.
-        parsed = parse_request(kind, {**request, "stream": True})
-        prepared = prepare(self._state.engine, parsed)
-        return await EngineGeneration.start(self._state.engine, prepared, self._token_texts)
+        return await EngineGeneration.create(self._state.engine, kind, {**request, "stream": True})
 
     def error_object(self, exc: BaseException) -> dict[str, Any]:
         return api_error_from(exc).to_object()
@@ -59,8 +53,8 @@ class QuartTransport:
         return await websocket.receive()
 
 
-def register_ws_route(app: Quart, state: AppState, token_texts: TokenTexts) -> None:
-    backend = EngineBackend(state, token_texts)
+def register_ws_route(app: Quart, state: AppState) -> None:
+    backend = EngineBackend(state)
 
     @app.websocket("/v1/ws")
     async def ws() -> Response | None:
@@ -76,8 +70,11 @@ def register_ws_route(app: Quart, state: AppState, token_texts: TokenTexts) -> N
         )
         if refusal is not None:
             return refusal.to_response()
-        if state.is_draining:
-            return service_draining().to_response()
+        if state.engine.draining.is_set():
+            try:
+                state.engine.check_serving()
+            except EngineNotReadyError as exc:  # says why: shutting down, or the engine failed
+                return api_error_from(exc).to_response()
         limits = state.ws_limits
         if not limits.can_open_connection():
             return service_unavailable(
@@ -90,7 +87,7 @@ def register_ws_route(app: Quart, state: AppState, token_texts: TokenTexts) -> N
             offered = websocket.requested_subprotocols
             await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
             session = WebSocketSession(QuartTransport(), backend, limits)
-            await session.run(draining=state.draining)
+            await session.run(draining=state.engine.draining)
             # Only a draining server ends a session while the peer is still there.
             await websocket.close(CLOSE_GOING_AWAY, "the server is shutting down")
         finally:

@@ -3,17 +3,21 @@
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve, EngineConfig(), ServerConfig(port=0), stop.wait)
 
-Start-up: the socket is bound first (so /health can say 503 while the model loads), then the
-engine loads in a thread; `started()` fires once both are ready. A model that fails to load
-stops the server with EngineLoadError. Shutdown, when `shutdown_trigger` returns: stop accepting
-connections, refuse new requests with 503, let in-flight ones finish for `shutdown_timeout_s`,
-then end the rest (streams get an error chunk and [DONE], sockets close with 1001), then stop
-the engine, which releases every request.
+Start-up: the socket is bound first (a busy port fails at once, with ListenError, before
+anything loads), hypercorn starts serving it (so /health can say 503 while the model loads),
+then the engine loads in a thread; `started()` fires once both are ready. A model that fails to
+load stops the server with EngineLoadError. Shutdown, when `shutdown_trigger` returns: the
+engine starts draining (new requests get 503), hypercorn stops accepting connections,
+in-flight requests may finish for `shutdown_timeout_s`, then the rest end (streams get an
+error chunk and [DONE], sockets close with 1001) and the engine stops, releasing everything.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -21,11 +25,13 @@ import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
-from triode.engine.async_engine import AsyncEngine
-from triode.engine.config import EngineConfig
+from triode.engine import AsyncEngine, EngineConfig, EngineState
 from triode.web.app import TriodeApp, create_app
+from triode.web.heartbeat import Heartbeat
+from triode.web.listen import open_listen_socket
 from triode.web.send_timeout import abandon_stalled_sends, install_send_timeout
 from triode.web.state import AppState, ServerConfig
+from triode.web.stats_log import log_stats_periodically
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +49,20 @@ class RunningServer:
     url: str  # http://host:port
     state: AppState
     app: TriodeApp
+    heartbeat: Heartbeat  # how long the event loop has been blocked, at most
 
     @property
     def ws_url(self) -> str:
         return "ws" + self.url.removeprefix("http") + "/v1/ws"
 
 
-def hypercorn_config(config: ServerConfig) -> HypercornConfig:
+def hypercorn_config(config: ServerConfig, listen_fd: int | None = None) -> HypercornConfig:
     hconfig = HypercornConfig()
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hconfig.bind = [f"{host}:{config.port}"]
+    if listen_fd is not None:
+        hconfig.bind = [f"fd://{listen_fd}"]
+    else:
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        hconfig.bind = [f"{host}:{config.port}"]
     hconfig.graceful_timeout = config.shutdown_timeout_s + _FLUSH_GRACE_S
     hconfig.keep_alive_timeout = config.keep_alive_timeout_s
     hconfig.backlog = config.backlog
@@ -70,28 +80,38 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     *,
     engine: AsyncEngine | None = None,
+    listen_socket: socket.socket | None = None,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until `shutdown_trigger` returns (forever if None), then shut down gracefully."""
+    """Serve until `shutdown_trigger` returns (forever if None), then shut down gracefully.
+
+    `listen_socket`: a socket already bound (by `open_listen_socket`); by default one is bound
+    here for `server_config.host` and `port`, raising ListenError before anything starts.
+    """
+    sock = listen_socket or open_listen_socket(server_config.host, server_config.port)
     install_send_timeout()
     state = AppState.create(engine or AsyncEngine(engine_config), server_config)
     app = create_app(state)
+    heartbeat = Heartbeat()
     engine_loaded = trio.Event()
     engine_stopped = trio.Event()
     is_started = False
+    # NOTE: hypercorn gets a duplicate descriptor of the bound socket and owns it; ours is
+    # closed once hypercorn listens (both name the same socket, so it stays open).
+    listen_fd = os.dup(sock.fileno())
 
     async with trio.open_nursery() as nursery:
 
         async def trigger() -> None:
             await (shutdown_trigger or trio.sleep_forever)()
             logger.info("shutting down: refusing new requests, finishing in-flight ones")
-            state.draining.set()
+            state.engine.begin_draining()
             nursery.start_soon(_end_stragglers, state)
 
         async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
                 await hypercorn.trio.serve(
-                    app, hypercorn_config(server_config), shutdown_trigger=trigger,
+                    app, hypercorn_config(server_config, listen_fd), shutdown_trigger=trigger,
                     task_status=task_status,
                 )  # fmt: skip
             finally:
@@ -100,39 +120,56 @@ async def serve(
                     await engine_stopped.wait()
                 nursery.cancel_scope.cancel()  # the straggler timer, if still waiting
 
-        nursery.start_soon(_run_engine, state, engine_loaded, engine_stopped)
-        binds = await nursery.start(run_http)
+        try:
+            binds = await nursery.start(run_http)
+        finally:
+            sock.close()
+        nursery.start_soon(_run_engine, state.engine, engine_loaded, engine_stopped)
         await engine_loaded.wait()
-        if state.engine_error is not None:
+        if state.engine.state is EngineState.DEAD:
             nursery.cancel_scope.cancel()
         else:
+            _freeze_startup_objects()
+            # Started only now: loading (imports, weights) may block the loop; serving must not.
+            await nursery.start(heartbeat.run)
             url = next((b for b in binds if b.startswith("http://")), binds[0])
-            logger.info("serving %s on %s", state.engine.engine.model_name, url)
-            task_status.started(RunningServer(url, state, app))
+            logger.info("serving %s on %s", state.engine.model_info.name, url)
+            if server_config.stats_log_interval_s > 0:
+                nursery.start_soon(
+                    log_stats_periodically, state.engine, server_config.stats_log_interval_s
+                )
+            task_status.started(RunningServer(url, state, app, heartbeat))
             is_started = True
-    if state.engine_error is not None and not is_started:  # out here: not wrapped in a group
-        raise EngineLoadError(state.engine_error)
+    if not is_started and state.engine.state is EngineState.DEAD:  # out here: not in a group
+        raise EngineLoadError(state.engine.dead_reason or "the engine failed to start")
 
 
-async def _run_engine(state: AppState, loaded: trio.Event, stopped: trio.Event) -> None:
-    """The engine's supervisor: its failure is recorded (and /health says so), never raised
-    into the server's nursery, where it would take the open connections down with it."""
+def _freeze_startup_objects() -> None:
+    """Exempt everything that exists once the model is loaded from garbage collection.
+
+    NOTE: torch, transformers and the model leave millions of long-lived objects; a full
+    collection walks them all, holding the GIL for ~0.3-0.5 s, which stalls the event loop and
+    every stream. Frozen, they are never scanned again; collections then look only at what
+    requests allocate, and take milliseconds (gc.freeze, as CPython's docs advise for servers).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+async def _run_engine(engine: AsyncEngine, loaded: trio.Event, stopped: trio.Event) -> None:
+    """The engine's supervisor: its failure is recorded by the actor (state DEAD, which
+    /health reports), never raised into the server's nursery, where it would take the open
+    connections down with it."""
     try:
-        await _start_engine(state, loaded)
-    except Exception as exc:
+        # Awaited directly rather than through nursery.start, so a load failure arrives as
+        # itself instead of wrapped in a nursery's exception group.
+        await engine.run(task_status=_SetOnStart(loaded))
+    except Exception:
         when = "while running" if loaded.is_set() else "to load"
-        logger.exception("the engine failed %s", when)
-        state.engine_error = f"{type(exc).__name__}: {exc}"
+        logger.debug("the engine failed %s", when, exc_info=True)
     finally:
         loaded.set()
         stopped.set()
-
-
-async def _start_engine(state: AppState, loaded: trio.Event) -> None:
-    # Awaited directly rather than through nursery.start, so a load failure arrives as itself
-    # instead of wrapped in a nursery's exception group.
-    await state.engine.run(task_status=_SetOnStart(loaded))
-    # run() returned: shut down, or the engine died (it stays dead; /health reports it).
 
 
 class _SetOnStart:

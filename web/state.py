@@ -1,14 +1,20 @@
-"""ServerConfig (the server's own options) and AppState (what every handler shares)."""
+"""ServerConfig (the server's own options) and AppState (what every handler shares).
+
+Each field's docstring is also its `triode serve --help` text.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-import trio
-
-from triode.engine.async_engine import AsyncEngine
 from triode.streaming.ws_limits import WebSocketLimits
+
+if TYPE_CHECKING:  # the command line imports ServerConfig before anything heavy
+    from triode.engine import AsyncEngine
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
 @dataclass
@@ -16,37 +22,57 @@ class ServerConfig:
     """Options of the HTTP/WebSocket front end; the engine has its own EngineConfig."""
 
     host: str = "127.0.0.1"
+    """Address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every interface."""
     port: int = 8000
-    # Clients must send `Authorization: Bearer <key>` (WebSocket: also ?api_key= or the
-    # `bearer.<key>` subprotocol). None: no key needed.
+    """TCP port to listen on (0 picks a free one)."""
     api_key: str | None = None
-    # Browser origins allowed to call the API (CORS) and open WebSockets. Same-origin and
-    # localhost origins are always allowed; "*" allows every origin.
+    """Require `Authorization: Bearer KEY` on every API route (WebSockets may also send
+    ?api_key=KEY or the subprotocol bearer.KEY). Unset: no key needed."""
     allowed_origins: list[str] = field(default_factory=list)
-    # Idle sockets cost little (a few KiB each); chat frontends and load tests open thousands.
+    """Browser origins (e.g. https://chat.example.com) allowed to call the API and open
+    WebSockets, besides same-origin pages and localhost; `*` allows every origin. Several may
+    be given, separated by spaces or commas."""
     max_ws_connections: int = 4096
+    """Open WebSockets at most; more are refused with 503. Idle sockets cost a few KiB each."""
     max_ws_generations_per_socket: int = 32
-    max_ws_generations: int = 0  # across all sockets; 0: only the engine's queue limit
-    # On SIGINT/SIGTERM: stop accepting, give in-flight requests this long, then end them.
+    """Concurrent generations on one WebSocket."""
+    max_ws_generations: int = 0
+    """Concurrent WebSocket generations over all sockets (0: only the engine's queue limits)."""
     shutdown_timeout_s: float = 30.0
-    # A client that accepts no data for this long is disconnected (and its request aborted).
+    """On SIGINT/SIGTERM: stop accepting, give in-flight requests this many seconds, then end
+    them."""
     send_timeout_s: float = 30.0
+    """A client that accepts no data for this many seconds is disconnected (its requests are
+    aborted)."""
     max_request_bytes: int = 16 * 1024 * 1024
+    """Largest request body or WebSocket message; larger ones get 413 (WebSocket: close 1009)."""
     keep_alive_timeout_s: float = 5.0
+    """Idle HTTP keep-alive connections are closed after this many seconds."""
     backlog: int = 2048
+    """Connections the kernel queues before the server accepts them."""
     access_log: bool = False
-    log_level: str = "info"
+    """Log one line per HTTP request."""
+    log_level: LogLevel = "info"
+    """Logging level; `debug` also prints tracebacks of start-up failures."""
+    stats_log_interval_s: float = 10.0
+    """While busy, log a one-line summary (throughput, running, waiting, KV-cache use,
+    prefix-cache hit rate) this often; 0 turns it off."""
+
+    def __post_init__(self) -> None:
+        # Comma lists are split, so `--allowed-origins a,b` and `--allowed-origins a b` agree.
+        self.allowed_origins = [
+            o.strip() for entry in self.allowed_origins for o in entry.split(",") if o.strip()
+        ]
 
 
 @dataclass
 class AppState:
-    """Shared by every handler: the engine, the options, the limits and the shutdown flag."""
+    """Shared by every handler: the engine actor (its `state` says whether it serves, drains
+    or failed), the options and the WebSocket limits."""
 
     engine: AsyncEngine
     config: ServerConfig
     ws_limits: WebSocketLimits
-    draining: trio.Event = field(default_factory=trio.Event)
-    engine_error: str | None = None  # the engine task failed (to load, or later)
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -57,7 +83,3 @@ class AppState:
             max_generations=config.max_ws_generations,
         )
         return cls(engine, config, limits)
-
-    @property
-    def is_draining(self) -> bool:
-        return self.draining.is_set()

@@ -32,6 +32,17 @@ async def test_models_health_and_metrics(client):
         assert f"triode:{name}" in metrics.text
 
 
+async def test_one_model_and_the_version(client):
+    import triode
+
+    card = (await client.get("/v1/models/tiny")).json()
+    assert card == (await client.get("/v1/models")).json()["data"][0]
+    missing = await client.get("/v1/models/gpt-9")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    version = await client.get("/version")
+    assert version.status_code == 200 and version.json() == {"version": triode.__version__}
+
+
 async def test_completion_object(client):
     body = {"model": "tiny", "prompt": "Hello", "max_tokens": 5, "ignore_eos": True, "seed": 1}
     response = await client.post("/v1/completions", json=body)
