@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from triode.engine import EngineInput, InvalidRequestError, Preprocessor, SamplingParams
-from triode.web.errors import ApiError, service_unavailable
+from triode.web.errors import ApiError
 from triode.web.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_body
 
 CHAT = "chat.completion"
@@ -181,7 +181,3 @@ def _api_param(param: str | None, request: CompletionRequest | ChatCompletionReq
     if param == "max_tokens" and request.max_completion_tokens is not None:
         return "max_completion_tokens"
     return param
-
-
-def service_draining() -> ApiError:
-    return service_unavailable("the server is shutting down", "server_shutting_down", 1)
