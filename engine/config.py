@@ -1,4 +1,8 @@
-"""EngineConfig: every knob of the engine in one dataclass, built from CLI flags or keyword args."""
+"""EngineConfig: every knob of the engine in one dataclass, built from CLI flags or keyword args.
+
+Each field's docstring is its `--help` text on the command line (web/cli.py reads them with
+tyro), so document a new field there, in words a user understands.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +20,8 @@ CPU_LINEAR_CHOICES: tuple[str, ...] = get_args(CpuLinear)
 
 @dataclass
 class EngineConfig:
-    """The engine: the model, the KV cache and the batching limits.
-
-    Sizes left unset are derived at start-up from the model and the memory budget. Each
-    field's docstring is also its `triode serve --help` text.
-    """
+    """The engine: the model, the KV cache and the batching limits (sizes left unset are
+    derived at start-up from the model and the memory budget)."""
 
     model: str | None = None
     """A Hugging Face folder (config.json, *.safetensors, tokenizer files) or a .gguf file.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import tyro
-from tyro.conf import OmitArgPrefixes, OmitSubcommandPrefixes, Positional, subcommand
+from tyro.conf import OmitArgPrefixes, OmitSubcommandPrefixes, Positional, arg, subcommand
 
 from triode.engine import EngineConfig, GenerateOptions
 from triode.host import raise_open_file_limit
@@ -48,9 +48,9 @@ class Serve:
 class Generate:
     """Stream one completion to stdout, offline (no server)."""
 
-    prompt: Positional[str]
+    prompt: Annotated[Positional[str], arg(metavar="PROMPT")]
     """The prompt text; - reads it from stdin."""
-    options: OmitArgPrefixes[GenerateOptions]
+    generation: OmitArgPrefixes[GenerateOptions]
     engine: OmitArgPrefixes[EngineConfig]
     log_level: LogLevel = "warning"
     """Logging level."""
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prompt = sys.stdin.read() if command.prompt == "-" else command.prompt
     return _reporting_failures(
-        lambda: run_generate(command.engine, prompt, command.options),
+        lambda: run_generate(command.engine, prompt, command.generation),
         command.log_level == "debug",
     )
 

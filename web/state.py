@@ -19,7 +19,7 @@ LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 @dataclass
 class ServerConfig:
-    """Options of the HTTP/WebSocket front end; the engine has its own EngineConfig."""
+    """The HTTP/WebSocket front end."""
 
     host: str = "127.0.0.1"
     """Address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every interface."""

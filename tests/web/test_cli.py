@@ -88,7 +88,8 @@ def test_flags_map_onto_the_dataclasses():
 
     generate = parse(["generate", "Hi", "--max-tokens", "5", "--chat", "--seed", "7"])
     assert isinstance(generate, Generate)
-    assert (generate.prompt, generate.options.max_tokens, generate.options.chat) == ("Hi", 5, True)
+    options = generate.generation
+    assert (generate.prompt, options.max_tokens, options.chat) == ("Hi", 5, True)
     assert generate.engine.seed == 7
 
 
