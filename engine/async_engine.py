@@ -27,7 +27,6 @@ import dataclasses
 import enum
 import logging
 import math
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,8 @@ from typing import Any
 import trio
 
 from triode.engine.config import EngineConfig
+from triode.engine.core.scheduler import SchedulerStats
+from triode.engine.core_client import CoreProcess
 from triode.engine.errors import (
     EngineDeadError,
     EngineNotReadyError,
@@ -48,6 +49,8 @@ from triode.engine.inputs import EngineInput, ModelInfo
 from triode.engine.llm_engine import LLMEngine
 from triode.engine.metrics import EngineMetrics, EngineStats
 from triode.engine.sampling.sampling_params import SamplingParams
+from triode.engine.step_profile import LoopBusyInstrument, StepProfile, timed_step
+from triode.engine.stream_router import Tracked, error_delta, route_deltas
 from triode.streaming.delta import RequestDelta
 from triode.streaming.request_stream import RequestStream
 
@@ -80,26 +83,20 @@ class _Shutdown:
     pass
 
 
-@dataclass(slots=True)
-class _Tracked:
-    """Per-request timing for the latency metrics."""
-
-    stream: RequestStream
-    arrival: float
-    first_token: float | None = None
-    last_token: float | None = None
-    num_prompt_tokens: int = 0
-
-
 class AsyncEngine:
     def __init__(self, config: EngineConfig | None = None, engine: LLMEngine | None = None) -> None:
         self.config = config or (engine.config if engine else EngineConfig())
         self._core = engine
         self._send, self._recv = trio.open_memory_channel[Any](_INBOX_SIZE)
-        self._tracked: dict[str, _Tracked] = {}
+        self._tracked: dict[str, Tracked] = {}
         self._num_queued_adds = 0  # sent but not yet applied
         self._num_added_since_stats = 0  # applied, not yet in the stats' waiting count
         self._pending_aborts: set[str] = set()
+        self._abort_scope: trio.CancelScope | None = None  # wakes the process mode's sender
+        self._num_child_adds = 0  # adds the engine process has applied
+        self._stopping = False
+        self._process: CoreProcess | None = None
+        self.profile = StepProfile()
         self._state = EngineState.LOADING
         self._dead_reason: str | None = None
         self._draining = trio.Event()
@@ -150,36 +147,57 @@ class AsyncEngine:
 
     # ---- the actor --------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Load the model (in a thread), report ready, then serve commands until shut down.
+        """Load the model (in a child process, or a thread), report ready, then serve commands
+        until shut down.
 
         A model that fails to load leaves the state DEAD (with `dead_reason`) and re-raises.
         """
+        process: CoreProcess | None = None
         try:
-            if self._core is None:
-                self._core = await trio.to_thread.run_sync(LLMEngine, self.config)
-            core = self._core
+            if self._core is None and self.config.engine_process:
+                process = self._process = await CoreProcess.start(self.config)
+                info = process.model_info
+                tokenizer = None
+            else:
+                if self._core is None:
+                    self._core = await trio.to_thread.run_sync(LLMEngine, self.config)
+                info, tokenizer = self._core.model_info, self._core.tokenizer
             self._input_processor = await trio.to_thread.run_sync(
-                InputProcessor, core.model_info, self.config.num_input_workers, core.tokenizer
+                InputProcessor, info, self.config.num_input_workers, tokenizer
             )
         except BaseException as exc:
+            if process is not None:
+                await process.close()
             self._mark_dead(f"the model failed to load: {type(exc).__name__}: {exc}")
             raise
-        self._model_info = core.model_info
-        self.metrics = EngineMetrics(core.model_name)
+        self._model_info = info
+        self.metrics = EngineMetrics(info.name)
         if self._state is EngineState.LOADING:  # else draining began while it loaded
             self._state = EngineState.READY
+        instrument = LoopBusyInstrument(self.profile)
+        trio.lowlevel.add_instrument(instrument)
         task_status.started()
         try:
-            await self._loop(core)
+            if process is not None:
+                await self._loop_process(process)
+            else:
+                assert self._core is not None
+                await self._loop(self._core)
         except Exception as exc:  # a bug in the engine itself: fail everything, stay up as dead
             logger.exception("engine loop crashed")
             self._mark_dead(f"{type(exc).__name__}: {exc}")
         finally:
+            with contextlib.suppress(KeyError):
+                trio.lowlevel.remove_instrument(instrument)
+            if process is not None:
+                await process.close()
             if self._state is not EngineState.DEAD:
                 self._state = EngineState.STOPPED
             self._draining.set()
             self._recv.close()  # later sends fail fast instead of waiting on a dead inbox
             self._fail_all("the server is shutting down", finish_reason="abort")
+            if self.profile.num_steps:
+                logger.info("serving profile: %s", self.profile.summary())
 
     async def _loop(self, core: LLMEngine) -> None:
         while True:
@@ -199,14 +217,63 @@ class AsyncEngine:
                 self._pending_aborts.clear()
                 self._dispatch(core.abort(aborts))
             if not core.has_unfinished_requests():
-                self._update_stats(core)
+                self._update_stats(core.stats())
                 continue
-            deltas = await trio.to_thread.run_sync(core.step)
+            deltas = await trio.to_thread.run_sync(timed_step, core, self.profile)
             self._dispatch(deltas)
-            self._update_stats(core)
+            self._update_stats(core.stats())
             if core.num_failed_steps >= _MAX_FAILED_STEPS:
                 self._mark_dead(core.last_error or "repeated step failures")
                 return
+
+    async def _loop_process(self, process: CoreProcess) -> None:
+        """The actor's side of an engine core in a child process: one task forwards commands
+        and aborts, this one hands the child's outputs to the request streams. The child's
+        exit (or a crash) makes the engine DEAD, unless it was asked to stop."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._forward_commands, process, nursery.cancel_scope)
+            while True:
+                try:
+                    message = await process.receive()
+                except EOFError:
+                    if not self._stopping:
+                        await process.close()
+                        self._mark_dead(process.exit_description())
+                    nursery.cancel_scope.cancel()
+                    return
+                _, deltas, stats, num_adds, num_failed, last_error, timing = message
+                self._num_queued_adds -= num_adds - self._num_child_adds
+                self._num_child_adds = num_adds
+                self._dispatch(deltas)
+                self._update_stats(stats)
+                step_s, forward_s, num_tokens = timing
+                if num_tokens:
+                    self.profile.add_step(step_s, forward_s, num_tokens, 0.0, 0.0)
+                if num_failed >= _MAX_FAILED_STEPS:
+                    self._mark_dead(last_error or "repeated step failures")
+                    nursery.cancel_scope.cancel()
+                    return
+
+    async def _forward_commands(self, process: CoreProcess, cancel_scope: trio.CancelScope) -> None:
+        """Send queued adds, then pending aborts, to the child. `abort_nowait` cancels the
+        wait for a command (never a send: a cut-off frame would corrupt the stream)."""
+        while True:
+            command = None
+            if not self._pending_aborts:
+                with trio.CancelScope() as self._abort_scope:
+                    command = await self._recv.receive()
+                self._abort_scope = None
+            if isinstance(command, _Shutdown):
+                self._stopping = True
+                await process.close()
+                cancel_scope.cancel()
+                return
+            if isinstance(command, _Add):
+                await process.send(("add", command.request_id, command.engine_input))
+            if self._pending_aborts:
+                aborts = list(self._pending_aborts)
+                self._pending_aborts.clear()
+                await process.send(("abort", aborts))
 
     def _apply(self, core: LLMEngine, command: Any) -> bool:
         """Apply one command between steps; False means stop."""
@@ -218,45 +285,16 @@ class AsyncEngine:
             except InvalidRequestError as exc:  # e.g. an id still in use; tell the caller
                 message = str(exc)
                 self._tracked.pop(command.request_id, None)
-                command.stream.finish_nowait(lambda i: _error_delta(command.request_id, i, message))
+                command.stream.finish_nowait(lambda i: error_delta(command.request_id, i, message))
         elif isinstance(command, _Shutdown):
             return False
         return True
 
     def _dispatch(self, deltas: list[RequestDelta]) -> None:
-        now = time.monotonic()
-        metrics = self.metrics
-        stats = self._stats
-        for delta in deltas:
-            tracked = self._tracked.get(delta.request_id)
-            if tracked is None:
-                continue
-            if delta.token_ids:
-                stats.num_generation_tokens += len(delta.token_ids)
-                if metrics is not None:
-                    metrics.generation_tokens.inc(len(delta.token_ids))
-                if tracked.first_token is None:
-                    tracked.first_token = now
-                    stats.num_prompt_tokens += delta.num_prompt_tokens
-                    if metrics is not None:
-                        metrics.time_to_first_token.observe(now - tracked.arrival)
-                elif tracked.last_token is not None and metrics is not None:
-                    metrics.inter_token_latency.observe(now - tracked.last_token)
-                tracked.last_token = now
-            if delta.queue_time_s is not None and metrics is not None:
-                metrics.request_queue_time.observe(delta.queue_time_s)
-            tracked.num_prompt_tokens = delta.num_prompt_tokens or tracked.num_prompt_tokens
-            tracked.stream.push_nowait(delta)
-            if delta.is_finished and metrics is not None:
-                metrics.finished(delta.finish_reason or "unknown")
-            if tracked.stream.is_finished:
-                del self._tracked[delta.request_id]
-                if metrics is not None:
-                    metrics.e2e_request_latency.observe(now - tracked.arrival)
-                    metrics.prompt_tokens.inc(tracked.num_prompt_tokens)
+        self.profile.num_chunks += len(deltas)
+        route_deltas(deltas, self._tracked, self._stats, self.metrics)
 
-    def _update_stats(self, core: LLMEngine) -> None:
-        s = core.stats()
+    def _update_stats(self, s: SchedulerStats) -> None:
         stats = self._stats
         stats.num_running, stats.num_waiting = s.num_running, s.num_waiting
         stats.kv_cache_usage = s.kv_cache_usage
@@ -280,7 +318,7 @@ class AsyncEngine:
     def _fail_all(self, message: str, finish_reason: str = "error") -> None:
         for request_id, tracked in list(self._tracked.items()):
             tracked.stream.finish_nowait(
-                lambda i, rid=request_id: _error_delta(rid, i, message, finish_reason)
+                lambda i, rid=request_id: error_delta(rid, i, message, finish_reason)
             )
         self._tracked.clear()
         if self._core is not None:
@@ -334,7 +372,7 @@ class AsyncEngine:
         streams = []
         for request_id, engine_input in zip(request_ids, engine_inputs):
             stream = RequestStream(request_id, engine_input.params.n)
-            self._tracked[request_id] = _Tracked(stream, stream.arrival_time)
+            self._tracked[request_id] = Tracked(stream, stream.arrival_time)
             streams.append(stream)
         self._num_queued_adds += num
         sent = 0
@@ -368,6 +406,8 @@ class AsyncEngine:
             return
         if request_id in self._tracked:
             self._pending_aborts.add(request_id)
+            if self._abort_scope is not None:
+                self._abort_scope.cancel()
 
     async def abort(self, request_id: str) -> None:
         """`abort_nowait`, for callers that prefer to await."""
@@ -410,11 +450,3 @@ class AsyncEngine:
     def _retry_after_s(self) -> int:
         """A hint for when the queue may have room (at least one second)."""
         return max(1, math.ceil(self._stats.num_waiting / max(1, self.config.max_num_seqs)))
-
-
-def _error_delta(
-    request_id: str, index: int, message: str, finish_reason: str = "error"
-) -> RequestDelta:
-    return RequestDelta(
-        request_id=request_id, index=index, finish_reason=finish_reason, error=message
-    )

@@ -61,6 +61,14 @@ class EngineConfig:
     """Threads that apply chat templates, tokenize and check requests, off the event loop (each
     with its own tokenizer)."""
 
+    engine_process: bool = True
+    """Run the engine core (scheduler and model) in a process of its own, so that the server's
+    event loop and the model's steps never wait for each other's Python (off: a thread of the
+    server's process)."""
+    adapt_threads: bool = True
+    """Without --num-threads: before a step, use only the cores other processes leave free
+    (re-measured every half second), so a busy machine slows the model instead of stalling it."""
+
     attention_backend: AttentionBackend = "auto"
     """Attention kernels: auto (Triton on CUDA; on the CPU a small C kernel when it builds,
     else torch), torch, cpu, triton."""

@@ -18,6 +18,7 @@ from triode.engine.models.loader import resolve_model
 from triode.engine.output_processor import OutputProcessor
 from triode.engine.runner.model_runner import ModelRunner
 from triode.engine.sampling.sampling_params import SamplingParams
+from triode.engine.thread_policy import ThreadPolicy
 from triode.streaming.delta import RequestDelta
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,16 @@ class LLMEngine:
         self.last_error: str | None = None
         # Cumulative seconds per phase of `step` outside the runner (for profiling).
         self.step_timings: dict[str, float] = {}
+        self.thread_policy = self._make_thread_policy(config)
+
+    def _make_thread_policy(self, config: EngineConfig) -> ThreadPolicy | None:
+        """Adapt torch's threads to the free cores, unless the user fixed them (--num-threads)
+        or the model is not on the CPU."""
+        if config.num_threads or not config.adapt_threads or self.runner.device.type != "cpu":
+            return None
+        import torch
+
+        return ThreadPolicy(torch.get_num_threads())
 
     def _generation_eos_ids(self) -> set[int]:
         eos = getattr(self.runner.hf_config, "eos_token_id", None)
@@ -128,6 +139,8 @@ class LLMEngine:
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
+        if self.thread_policy is not None:
+            self.thread_policy.maybe_adjust()
         t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         t1 = time.perf_counter()

@@ -20,8 +20,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import subprocess
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import trio
 
 from triode.load_tests.compare import comparison_table
 from triode.load_tests.loadgen import run_load
@@ -52,6 +57,22 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--vllm-args", default="", help="extra vLLM server flags")
     group.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="another triode server to put in --servers, e.g. thread='--no-engine-process' "
+        "(repeatable)",
+    )
+    group.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each server's run, run the workload again beside N busy processes "
+        "(`yes > /dev/null`) and report busy/idle throughput",
+    )
+    group.add_argument(
         "--model-dir",
         default=None,
         help="model folder for transformers/vLLM (default: the bundled SmolLM2's)",
@@ -78,10 +99,24 @@ def server_command(name: str, args: argparse.Namespace) -> ServerCommand:
     return ServerCommand(command.name, [*prefix, *command.argv], command.port, command.env)
 
 
+def _variants(args: argparse.Namespace) -> dict[str, str]:
+    variants = {}
+    for spec in args.variant:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--variant takes NAME=FLAGS, got {spec!r}")
+        variants[name] = flags
+    return variants
+
+
 def _server_command(name: str, args: argparse.Namespace) -> ServerCommand:
     port = free_port()
     if name == "triode":
         return triode_command(port, *shlex.split(args.triode_args))
+    variants = _variants(args)
+    if name in variants:
+        command = triode_command(port, *shlex.split(args.triode_args), *shlex.split(variants[name]))
+        return ServerCommand(name, command.argv, port, command.env)
     model_dir = args.model_dir or _bundled_folder()
     if name == "transformers":
         argv = [sys.executable, "-m", "triode.load_tests.hf_server", "--model", model_dir,
@@ -94,7 +129,7 @@ def _server_command(name: str, args: argparse.Namespace) -> ServerCommand:
         # vLLM keeps one of the two cores idle unless told otherwise (see peers.md).
         env = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
         return ServerCommand(name, argv, port, env)
-    raise ValueError(f"unknown server {name!r}; expected one of {SERVERS}")
+    raise ValueError(f"unknown server {name!r}; expected one of {SERVERS} or a --variant")
 
 
 def _bundled_folder() -> str:
@@ -106,21 +141,54 @@ def _bundled_folder() -> str:
 async def run_bench(args: argparse.Namespace) -> list[LoadResult]:
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
+    results, busy_pairs = [], []
     for name in names:
         command = server_command(name, args)
         async with running_server(command, args.out_dir, args.ready_timeout) as url:
             result = await run_load(args, url, name)
-        result.config["server_argv"] = command.argv
-        save_result(result, args.out_dir / f"{name}.json")
-        results.append(result)
-        print(comparison_table([result]), flush=True)
+            busy = None
+            if args.busy:
+                async with busy_processes(args.busy):
+                    busy = await run_load(args, url, f"{name}+busy")
+        for r in (result, busy):
+            if r is not None:
+                r.config["server_argv"] = command.argv
+                r.config["busy_processes"] = args.busy if r is busy else 0
+                save_result(r, args.out_dir / f"{r.label}.json")
+                results.append(r)
+                print(comparison_table([r]), flush=True)
+        if busy is not None:
+            busy_pairs.append((result, busy))
     print()
     print(comparison_table(results))
-    for peer in results[1:]:
-        print(headline(results[0], peer))
+    idle = [r for r in results if not r.config.get("busy_processes")]
+    for peer in idle[1:]:
+        print(headline(idle[0], peer))
+    for result, busy in busy_pairs:
+        a, b = result.summary.output_tokens_per_s, busy.summary.output_tokens_per_s
+        kept = f"{b / a:.2f}x" if a else "-"
+        print(
+            f"{result.label}: beside {args.busy} busy process(es) {b:.1f} tok/s, idle {a:.1f}: {kept}"
+        )
     plot_results(results, args.out_dir / "compare.png")
     return results
+
+
+@asynccontextmanager
+async def busy_processes(num: int) -> AsyncIterator[None]:
+    """`num` copies of `yes > /dev/null` (a process that wants a core all the time) for the
+    length of the block."""
+    processes = [
+        await trio.lowlevel.open_process(["yes"], stdout=subprocess.DEVNULL) for _ in range(num)
+    ]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            for process in processes:
+                await process.wait()
 
 
 def headline(ours: LoadResult, peer: LoadResult) -> str:

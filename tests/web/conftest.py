@@ -88,13 +88,16 @@ class ServerThread:
 
 
 def tiny_engine_config(tiny_folder: Any, **overrides: Any) -> EngineConfig:
-    """The tiny random-weight Llama: fast steps, a small KV pool so usage is visible."""
+    """The tiny random-weight Llama: fast steps, a small KV pool so usage is visible. The
+    engine core runs in the server's process (a child process per test costs a second or
+    two of start-up; the shared servers below run it in a child, as `triode serve` does)."""
     options: dict[str, Any] = {
         "model": str(tiny_folder),
         "served_model_name": "tiny",
         "num_kv_blocks": 1024,
         "max_num_seqs": 256,
         "num_threads": 1,
+        "engine_process": False,
     }
     options.update(overrides)
     return EngineConfig(**options)
@@ -113,7 +116,8 @@ def running_server(engine_config: EngineConfig, server_config: ServerConfig) -> 
 def tiny_server(tiny_folder) -> Iterator[RunningServer]:
     """One tiny-model server shared by the tests that leave its configuration alone."""
     server_config = ServerConfig(port=0, max_ws_connections=256, shutdown_timeout_s=5.0)
-    yield from running_server(tiny_engine_config(tiny_folder), server_config)
+    engine_config = tiny_engine_config(tiny_folder, engine_process=True)
+    yield from running_server(engine_config, server_config)
 
 
 @pytest.fixture(scope="session")
