@@ -292,7 +292,7 @@ class AsyncEngine:
 
     def _dispatch(self, deltas: list[RequestDelta]) -> None:
         self.profile.num_chunks += len(deltas)
-        route_deltas(deltas, self._tracked, self._stats, self.metrics)
+        route_deltas(deltas, self._tracked, self._stats, self.metrics, self.profile)
 
     def _update_stats(self, s: SchedulerStats) -> None:
         stats = self._stats

@@ -32,6 +32,9 @@ class StepProfile:
     loop_busy_s: float = 0.0  # the event loop running Python
     loop_wall_s: float = 0.0  # the event loop's lifetime so far
     num_chunks: int = 0  # deltas handed to request streams
+    num_first_tokens: int = 0
+    queue_s: float = 0.0  # arrival -> first scheduled, summed over requests
+    ttft_s: float = 0.0  # arrival -> first token reaches the actor, summed over requests
 
     def add_step(
         self, step_s: float, forward_s: float, num_tokens: int, off_cpu_s: float, run_queue_s: float
@@ -43,8 +46,14 @@ class StepProfile:
         self.off_cpu_s += off_cpu_s
         self.run_queue_s += run_queue_s
 
+    def add_first_token(self, queue_s: float | None, ttft_s: float) -> None:
+        self.num_first_tokens += 1
+        self.queue_s += queue_s or 0.0
+        self.ttft_s += ttft_s
+
     def summary(self) -> str:
         n = max(1, self.num_steps)
+        first = max(1, self.num_first_tokens)
         busy = self.loop_busy_s / self.loop_wall_s if self.loop_wall_s else 0.0
         return (
             f"{self.num_steps} steps, {self.num_tokens / n:.1f} tokens/step; per step: "
@@ -52,7 +61,9 @@ class StepProfile:
             f"{1e3 * self.off_cpu_s / n:.1f} ms step thread off-CPU (GIL), "
             f"{1e3 * self.run_queue_s / n:.1f} ms waiting for a core, "
             f"{self.num_chunks / n:.1f} deltas; event loop busy {100 * busy:.0f}% "
-            f"({1e3 * self.loop_busy_s / n:.1f} ms per step)"
+            f"({1e3 * self.loop_busy_s / n:.1f} ms per step); first tokens: "
+            f"{self.ttft_s / first:.2f} s after arrival, of which {self.queue_s / first:.2f} s "
+            "queued before the first step that computed the prompt"
         )
 
 

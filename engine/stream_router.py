@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from triode.engine.metrics import EngineMetrics, EngineStats
+from triode.engine.step_profile import StepProfile
 from triode.streaming.delta import RequestDelta
 from triode.streaming.request_stream import RequestStream
 
@@ -31,6 +32,7 @@ def route_deltas(
     tracked_requests: dict[str, Tracked],
     stats: EngineStats,
     metrics: EngineMetrics | None,
+    profile: StepProfile | None = None,
 ) -> None:
     now = time.monotonic()
     for delta in deltas:
@@ -43,6 +45,8 @@ def route_deltas(
                 metrics.generation_tokens.inc(len(delta.token_ids))
             if tracked.first_token is None:
                 tracked.first_token = now
+                if profile is not None:
+                    profile.add_first_token(delta.queue_time_s, now - tracked.arrival)
                 stats.num_prompt_tokens += delta.num_prompt_tokens
                 if metrics is not None:
                     metrics.time_to_first_token.observe(now - tracked.arrival)
