@@ -1,8 +1,8 @@
 """CoreProcess: the actor's handle on an engine core running in a child process.
 
 `start` launches `python -m triode.engine.core_process` with one end of a socket pair, sends
-the `EngineConfig`, and returns once the child reports the model loaded (or raises
-`EngineStartError` with the child's reason). Then `send` carries commands and `receive` the
+the `EngineConfig`, and returns once the child reports the model loaded (or raises the
+exception the child's load raised, or `EngineStartError` when that cannot cross). Then `send` carries commands and `receive` the
 child's per-step outputs (see `core_process` for the messages). `close` asks the child to
 stop, waits a few seconds, and kills it if it has not.
 """
@@ -69,7 +69,7 @@ class CoreProcess:
             with trio.CancelScope(shield=True):
                 await _kill(process)
                 await frames.stream.aclose()
-            raise EngineStartError(reply[1])
+            raise reply[1]  # the child's own exception (ModelNotFoundError, ...)
         return cls(process, frames, reply[1])
 
     async def send(self, message: Any) -> None:

@@ -2,7 +2,7 @@
 
 The trio actor (`AsyncEngine`, through `engine.core_client`) starts this with one end of a
 socket pair as FD. Its only job: build an `LLMEngine` from the `EngineConfig` it is sent,
-answer ("ready", ModelInfo) or ("failed", reason), then step while there is work and block
+answer ("ready", ModelInfo) or ("failed", the exception), then step while there is work and block
 while there is none. Messages in: ("add", request_id, EngineInput), ("abort", [ids]),
 ("shutdown",). Out, after every step or abort: ("out", deltas, SchedulerStats, adds applied so
 far, failed steps in a row, last error, (step s, forward s, tokens)).
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -41,6 +42,7 @@ def serve(frames: BlockingFrames) -> int:
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+    from triode.engine.core_client import EngineStartError
     from triode.engine.errors import InvalidRequestError
     from triode.engine.llm_engine import LLMEngine
     from triode.engine.thread_policy import ThreadPolicy
@@ -48,8 +50,12 @@ def serve(frames: BlockingFrames) -> int:
 
     try:
         engine = LLMEngine(config)
-    except BaseException as exc:  # report why, then exit
-        frames.send(("failed", f"{type(exc).__name__}: {exc}"))
+    except BaseException as exc:  # report why (the exception itself when it pickles), then exit
+        try:
+            pickle.dumps(exc)
+        except Exception:
+            exc = EngineStartError(f"{type(exc).__name__}: {exc}")
+        frames.send(("failed", exc))
         return 1
     if engine.thread_policy is not None:  # the server that owns us is our own front end
         policy = engine.thread_policy
