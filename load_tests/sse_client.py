@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import orjson
+from httpx_sse import EventSource, SSEError
 
 from triode.load_tests.record import (
     CONNECT,
@@ -23,7 +24,8 @@ from triode.load_tests.record import (
     RequestRecorder,
 )
 from triode.load_tests.workload import PATHS, RequestSpec, SamplingOptions
-from triode.streaming.sse import DONE_DATA, SSEDecoder
+
+DONE_DATA = "[DONE]"  # OpenAI's end-of-stream event
 
 
 class SSETransport:
@@ -84,9 +86,9 @@ class SSETransport:
 
 
 async def _read_events(response: httpx.Response, recorder: RequestRecorder) -> None:
-    decoder = SSEDecoder()
-    async for raw in response.aiter_raw():
-        for data in decoder.feed(raw):
+    try:
+        async for sse in EventSource(response).aiter_sse():
+            data = sse.data
             if data == DONE_DATA:
                 recorder.finish()
                 return
@@ -102,4 +104,7 @@ async def _read_events(response: httpx.Response, recorder: RequestRecorder) -> N
             else:
                 recorder.on_usage(event.get("usage"))
                 await recorder.on_chunk(event)
+    except SSEError as exc:  # not an event stream at all (a proxy's page?)
+        recorder.fail(PROTOCOL, str(exc))
+        return
     recorder.fail(CONNECTION_LOST, "the stream ended without [DONE]")

@@ -19,23 +19,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from triode.load_tests.record import RequestRecord
 
 PERCENTILES = (50, 90, 99)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) with linear interpolation between closest ranks (numpy's
-    default); NaN for no values."""
+    """The q-th percentile (0-100), numpy's default (linear between closest ranks); NaN for no
+    values."""
     if not 0 <= q <= 100:
         raise ValueError(f"q must be in [0, 100], got {q}")
-    if not values:
+    if len(values) == 0:
         return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    return float(np.percentile(values, q))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +49,11 @@ class Distribution:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Distribution:
-        if not values:
+        if len(values) == 0:
             return cls(0, math.nan, math.nan, math.nan, math.nan, math.nan)
-        p50, p90, p99 = (percentile(values, q) for q in PERCENTILES)
-        return cls(len(values), sum(values) / len(values), p50, p90, p99, max(values))
+        array = np.asarray(values, dtype=np.float64)
+        p50, p90, p99 = (float(p) for p in np.percentile(array, PERCENTILES))
+        return cls(len(array), float(array.mean()), p50, p90, p99, float(array.max()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,18 +139,16 @@ def token_timeline(
         arrivals.extend((r.start + t, weight) for t in r.chunk_times)
     if not arrivals:
         return [], []
-    num_bins = int(max(t for t, _ in arrivals) // bin_s) + 1
-    totals = [0.0] * num_bins
-    for t, weight in arrivals:
-        totals[int(t // bin_s)] += weight
-    return [i * bin_s for i in range(num_bins)], [total / bin_s for total in totals]
+    times, weights = np.asarray(arrivals, dtype=np.float64).T
+    totals = np.bincount((times // bin_s).astype(np.int64), weights=weights)
+    return (np.arange(len(totals)) * bin_s).tolist(), (totals / bin_s).tolist()
 
 
 def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
     """Points of the empirical CDF: sorted values and the fraction at or below each."""
-    ordered = sorted(values)
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
     n = len(ordered)
-    return ordered, [(i + 1) / n for i in range(n)]
+    return ordered.tolist(), (np.arange(1, n + 1) / n).tolist()
 
 
 def _nan_to_none(value: Any) -> Any:
