@@ -3,6 +3,11 @@
     python -m triode.load_tests run --url http://127.0.0.1:8000 --transport ws --concurrency 64 \\
         --num-requests 500 --max-tokens 32 --json triode.json --png triode.png
     python -m triode.load_tests run --url http://127.0.0.1:8001 --label vllm --json vllm.json
+    python -m triode.load_tests run --url http://127.0.0.1:8000 --label triode \\
+        --peer vllm=http://127.0.0.1:8001 --sweep --json sweep.json --png sweep.png
+    python -m triode.load_tests run --url http://127.0.0.1:8000 --slo ttft_p99=800ms,itl_p99=200ms
+    python -m triode.load_tests run --url http://127.0.0.1:8000 --transport ws \\
+        --stages 30s:100,60s:1000,30s:0 --max-tokens 8 --png storm.png
     python -m triode.load_tests compare triode.json vllm.json --png compare.png
     python -m triode.load_tests soak --url http://127.0.0.1:8000 --waves 6 --wave-size 400
     python -m triode.load_tests bench --servers triode,transformers --ignore-eos
@@ -14,13 +19,43 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from triode.host import raise_open_file_limit
+from triode.load_tests import slo, stages
+from triode.load_tests.slo import KNOWN_FIGURES
+from triode.load_tests.sweep import DEFAULT_SWEEP_POINTS
 from triode.load_tests.workload import TokenRange
+
+
+def parse_peer(text: str) -> tuple[str, str]:
+    """'vllm=http://127.0.0.1:8001' (or a bare URL, labelled by its host and port)."""
+    label, sep, url = text.partition("=")
+    if not sep:
+        label, url = text.split("://")[-1].rstrip("/"), text
+    if not url.startswith(("http://", "https://")) or not label:
+        raise argparse.ArgumentTypeError(f"expected LABEL=http://host:port, got {text!r}")
+    return label, url
+
+
+def _argument_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser's ValueError as argparse's usage error."""
+
+    def parse_argument(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse_argument
+
+
+parse_slo = _argument_type(slo.parse_slo)
+parse_stages = _argument_type(stages.parse_stages)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,12 +67,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="load one server; print the summary")
+    run = commands.add_parser(
+        "run", help="load a server (and peers); print the summary; sweeps, SLOs, stages"
+    )
     run.add_argument("--url", default="http://127.0.0.1:8000")
     run.add_argument("--label", default=None, help="the run's name in tables and plots")
+    run.add_argument(
+        "--peer",
+        type=parse_peer,
+        action="append",
+        default=[],
+        metavar="LABEL=URL",
+        help="another OpenAI-compatible server to run the same workload against, after --url "
+        "(repeatable); the results are compared side by side",
+    )
     run.add_argument("--json", type=Path, default=None, help="write the result here")
     run.add_argument("--png", type=Path, default=None, help="write the plots here")
     add_workload_args(run)
+    shape = run.add_argument_group("sweeps, SLOs and stages")
+    shape.add_argument(
+        "--sweep",
+        action="store_true",
+        help="rate sweep with automatic rates: probe each server's saturation (closed loop at "
+        "--concurrency), then --sweep-points open-loop rates around it; finds the knee",
+    )
+    shape.add_argument("--sweep-points", type=int, default=DEFAULT_SWEEP_POINTS)
+    shape.add_argument(
+        "--slo",
+        type=parse_slo,
+        default=None,
+        metavar="NAME=VALUE,...",
+        help="pass/fail thresholds, e.g. ttft_p99=800ms,itl_p99=200ms,errors=0: exit 1 when "
+        f"one is missed (figures: {KNOWN_FIGURES})",
+    )
+    shape.add_argument(
+        "--stages",
+        type=parse_stages,
+        default=None,
+        metavar="DURATION:VUS,...",
+        help="k6-style ramped virtual users, e.g. 30s:100,60s:1000,30s:0; each request opens "
+        "its own connection; reports connect times and errors per stage",
+    )
 
     compare = commands.add_parser("compare", help="two or more JSON results side by side")
     compare.add_argument("results", nargs="+", type=Path)
@@ -93,19 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from triode.load_tests.compare import comparison_table
-    from triode.load_tests.loadgen import run_load
-    from triode.load_tests.results import save_result
+    targets = [(args.label or args.transport, args.url), *args.peer]
+    labels = [label for label, _ in targets]
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"error: the servers need different labels, got {labels}")
+    if args.sweep or len(args.rate) > 1:
+        if args.stages:
+            raise SystemExit("error: --stages and a rate sweep are different runs; pick one")
+        from triode.load_tests.run_command import run_sweep
 
-    result = await run_load(args, args.url, args.label or args.transport)
-    print(comparison_table([result]))
-    if args.json:
-        save_result(result, args.json)
-    if args.png:
-        from triode.load_tests.report import plot_results
+        return await run_sweep(args, targets)
+    from triode.load_tests.run_command import run_and_report
 
-        plot_results([result], args.png)
-    return 0 if result.summary.num_errors == 0 else 1
+    return await run_and_report(args, targets)
 
 
 async def _compare(args: argparse.Namespace) -> int:

@@ -42,6 +42,9 @@ ROWS: tuple[Row, ...] = (
     Row("e2e p50 (s)", lambda s: s.e2e.p50, "{:.2f}"),
     Row("e2e p90 (s)", lambda s: s.e2e.p90, "{:.2f}"),
     Row("e2e p99 (s)", lambda s: s.e2e.p99, "{:.2f}"),
+    Row("connects", lambda s: s.connect.count, "{:.0f}"),
+    Row("connect p50 (ms)", _ms(lambda s: s.connect.p50), "{:.1f}"),
+    Row("connect p99 (ms)", _ms(lambda s: s.connect.p99), "{:.1f}"),
 )
 
 

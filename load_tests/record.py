@@ -52,6 +52,9 @@ class RequestRecord:
     error: str | None = None
     error_detail: str | None = None
     is_abandoned: bool = False  # the client left on purpose (soak); neither ok nor an error
+    # Seconds to open this request's connection (SSE: the TCP connect; WebSocket: TCP and the
+    # upgrade handshake); None when it reused an open one.
+    connect_s: float | None = None
 
     @property
     def is_ok(self) -> bool:
@@ -80,6 +83,7 @@ class RequestRecord:
             "error": self.error,
             "error_detail": self.error_detail,
             "is_abandoned": self.is_abandoned,
+            "connect_s": None if self.connect_s is None else round(self.connect_s, 6),
         }
 
     @classmethod

@@ -65,6 +65,52 @@ def arrival_offsets(num: int, rate: float, seed: int) -> list[float]:
     return offsets
 
 
+class Progress:
+    """A tqdm bar over requests, showing errors and output tokens/s so far."""
+
+    def __init__(self, total: int | None, label: str, *, is_shown: bool) -> None:
+        self._bar = tqdm(total=total, desc=label or None, unit="req", disable=not is_shown,
+                         dynamic_ncols=True, mininterval=0.5)  # fmt: skip
+        self.start = time.perf_counter()
+        self.last_end = self.start
+        self.num_errors = 0
+        self.num_tokens = 0
+
+    def add(self, record: RequestRecord) -> None:
+        self.last_end = max(self.last_end, time.perf_counter())
+        self.num_errors += record.error is not None
+        self.num_tokens += record.output_tokens
+        self._bar.update(1)
+        elapsed = max(self.last_end - self.start, 1e-9)
+        self._bar.set_postfix(errors=self.num_errors, tok_s=f"{self.num_tokens / elapsed:.0f}",
+                              refresh=False)  # fmt: skip
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+async def send_one(
+    transport: Transport,
+    spec: RequestSpec,
+    run_start: float,
+    request_timeout_s: float,
+    behaviour: ReadBehaviour | None = None,
+) -> RequestRecord:
+    """One request through `transport`, bounded by the timeout; its record."""
+    recorder = RequestRecorder(spec.index, transport.name, run_start, behaviour)
+    leave_after = math.inf
+    if behaviour is not None and behaviour.disconnect_after_s is not None:
+        leave_after = behaviour.disconnect_after_s
+    with trio.move_on_after(request_timeout_s) as scope:
+        with trio.move_on_after(leave_after) as leave:
+            await transport.send(spec, recorder)
+        if leave.cancelled_caught and not recorder.record.is_ok:
+            recorder.abandon()  # the transport dropped the connection on the way out
+    if scope.cancelled_caught:
+        recorder.fail(TIMEOUT, f"no end after {request_timeout_s} s")
+    return recorder.record
+
+
 async def run_workload(
     transports: Sequence[Transport],
     specs: Sequence[RequestSpec],
@@ -73,43 +119,15 @@ async def run_workload(
 ) -> RunResult:
     """Send every spec (request i over transports[i % len(transports)]); wait for all."""
     records: list[RequestRecord | None] = [None] * len(specs)
-    progress = tqdm(
-        total=len(specs),
-        desc=config.progress_label or None,
-        unit="req",
-        disable=not config.show_progress,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
-    counts = {"errors": 0, "tokens": 0}
-    run_start = time.perf_counter()
-    last_end = run_start
+    progress = Progress(len(specs), config.progress_label, is_shown=config.show_progress)
+    run_start = progress.start
 
     async def one(slot: int, spec: RequestSpec) -> None:
-        nonlocal last_end
         transport = transports[slot % len(transports)]
         behaviour = behaviour_of(spec) if behaviour_of is not None else None
-        recorder = RequestRecorder(spec.index, transport.name, run_start, behaviour)
-        leave_after = math.inf
-        if behaviour is not None and behaviour.disconnect_after_s is not None:
-            leave_after = behaviour.disconnect_after_s
-        with trio.move_on_after(config.request_timeout_s) as scope:
-            with trio.move_on_after(leave_after) as leave:
-                await transport.send(spec, recorder)
-            if leave.cancelled_caught and not recorder.record.is_ok:
-                recorder.abandon()  # the transport dropped the connection on the way out
-        if scope.cancelled_caught:
-            recorder.fail(TIMEOUT, f"no end after {config.request_timeout_s} s")
-        records[slot] = recorder.record
-        last_end = max(last_end, time.perf_counter())
-        counts["errors"] += recorder.is_failed
-        counts["tokens"] += recorder.record.output_tokens
-        progress.update(1)
-        elapsed = last_end - run_start
-        progress.set_postfix(
-            errors=counts["errors"], tok_s=f"{counts['tokens'] / max(elapsed, 1e-9):.0f}",
-            refresh=False,
-        )  # fmt: skip
+        record = await send_one(transport, spec, run_start, config.request_timeout_s, behaviour)
+        records[slot] = record
+        progress.add(record)
 
     try:
         async with trio.open_nursery() as nursery:
@@ -143,7 +161,7 @@ async def run_workload(
     finally:
         progress.close()
     done = [r for r in records if r is not None]
-    duration = last_end - run_start
+    duration = progress.last_end - run_start
     return RunResult(done, duration, summarize(done, duration))
 
 

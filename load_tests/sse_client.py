@@ -8,6 +8,7 @@ closes; a paused reader stops reading the socket, so TCP pushes back on the serv
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -66,9 +67,23 @@ class SSETransport:
         """Run one request to its end (or failure), feeding `recorder`."""
         body = orjson.dumps(spec.body(self._options))
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        connect_started = 0.0
+
+        async def trace(event: str, info: dict[str, Any]) -> None:
+            # httpcore reports a new connection's TCP connect; a reused one reports none.
+            nonlocal connect_started
+            if event == "connection.connect_tcp.started":
+                connect_started = time.perf_counter()
+            elif event == "connection.connect_tcp.complete":
+                recorder.record.connect_s = time.perf_counter() - connect_started
+
         try:
             async with self._client.stream(
-                "POST", PATHS[spec.endpoint], content=body, headers=headers
+                "POST",
+                PATHS[spec.endpoint],
+                content=body,
+                headers=headers,
+                extensions={"trace": trace},
             ) as response:
                 if response.status_code != 200:
                     text = (await response.aread()).decode(errors="replace")

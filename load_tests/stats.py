@@ -9,6 +9,8 @@ Definitions (the usual serving-benchmark ones):
 - TPOT: per request, (e2e - TTFT) / (output tokens - 1); its distribution over requests.
 - e2e: from sending the request to the end marker ([DONE] or the WebSocket `done`).
 - Throughput: output tokens of completed requests / the run's wall-clock duration.
+- Connect: the time to open a new connection (TCP; for WebSockets also the upgrade handshake),
+  over every request that opened one.
 """
 
 from __future__ import annotations
@@ -75,15 +77,19 @@ class Summary:
     tpot: Distribution
     e2e: Distribution
     is_usage_reported: bool  # every completed request's token count came from usage
+    # Connection set-up times of the requests that opened a connection (all of them, ok or not).
+    connect: Distribution = field(default_factory=lambda: Distribution.of([]))
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return _nan_to_none(asdict(self))
+        return nan_to_none(asdict(self))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Summary:
         data = dict(data)
-        for name in ("ttft", "itl", "tpot", "e2e"):
+        for name in ("ttft", "itl", "tpot", "e2e", "connect"):
+            if name not in data:  # written before connect times were measured
+                continue
             values = {k: (math.nan if v is None else v) for k, v in data[name].items()}
             data[name] = Distribution(**values)
         return cls(**data)
@@ -119,6 +125,7 @@ def summarize(records: Iterable[RequestRecord], duration_s: float) -> Summary:
         tpot=Distribution.of(tpots),
         e2e=Distribution.of([r.e2e for r in ok if r.e2e is not None]),
         is_usage_reported=bool(ok) and all(r.is_usage_reported for r in ok),
+        connect=Distribution.of([r.connect_s for r in records if r.connect_s is not None]),
     )
 
 
@@ -151,10 +158,10 @@ def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
     return ordered.tolist(), (np.arange(1, n + 1) / n).tolist()
 
 
-def _nan_to_none(value: Any) -> Any:
+def nan_to_none(value: Any) -> Any:
     """JSON has no NaN: an empty distribution's fields become null."""
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: nan_to_none(v) for k, v in value.items()}
     return value

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class _Socket:
     ws: WebSocketConnection | None = None
     ready: trio.Event = field(default_factory=trio.Event)
     failure: _ConnectFailed | None = None
+    connect_s: float | None = None  # TCP connect and upgrade handshake
     num_active: int = 0
     is_dead: bool = False
     routes: dict[int, trio.MemorySendChannel[dict[str, Any]]] = field(default_factory=dict)
@@ -93,10 +95,12 @@ class WSTransport:
     async def send(self, spec: RequestSpec, recorder: RequestRecorder) -> None:
         """Run one request to its end (or failure), feeding `recorder`."""
         try:
-            sock = await self._acquire()
+            sock, is_new = await self._acquire()
         except _ConnectFailed as failure:
             recorder.fail(failure.kind, failure.detail)
             return
+        if is_new:
+            recorder.record.connect_s = sock.connect_s
         gen_id = next(self._ids)
         route_send, route_receive = trio.open_memory_channel[dict[str, Any]](_ROUTE_BUFFER)
         sock.routes[gen_id] = route_send
@@ -137,8 +141,10 @@ class WSTransport:
                 nursery.start_soon(self._close_socket, sock)
 
     # ---- the pool -----------------------------------------------------------------------------
-    async def _acquire(self) -> _Socket:
+    async def _acquire(self) -> tuple[_Socket, bool]:
+        """A socket with room, and whether this request opened it."""
         sock = next(iter(self._available), None)
+        is_new = sock is None
         if sock is None:
             sock = _Socket()
             self._sockets.add(sock)
@@ -155,7 +161,7 @@ class WSTransport:
         if sock.failure is not None:
             sock.num_active -= 1
             raise sock.failure
-        return sock
+        return sock, is_new
 
     def _release(self, sock: _Socket) -> None:
         sock.num_active -= 1
@@ -165,6 +171,7 @@ class WSTransport:
     async def _serve_socket(self, sock: _Socket) -> None:
         """The socket's life, in its own task of the pool's nursery (it outlives the request
         that opened it): connect, then route messages until it closes."""
+        started = time.perf_counter()
         try:
             async with open_websocket_url(
                 self._url,
@@ -173,6 +180,7 @@ class WSTransport:
                 disconnect_timeout=_CLOSE_TIMEOUT_S,
             ) as ws:
                 sock.ws = ws
+                sock.connect_s = time.perf_counter() - started
                 self.num_opened += 1
                 sock.ready.set()
                 await self._dispatch(sock, ws)
