@@ -1,128 +1,81 @@
-// triode chat page: streams chat completions over the WebSocket API (/v1/ws) and falls back to
-// Server-Sent Events over fetch (POST /v1/chat/completions, stream: true) when the socket
-// cannot connect. `?transport=sse` or `?transport=ws` forces one. Model output is only ever
-// set as text (Text nodes, textContent), never parsed as HTML.
-"use strict";
+// triode chat page: conversations kept in the browser, replies streamed and rendered as markdown
+// as they arrive. transport.js carries a turn (WebSocket, or SSE as a fallback), markdown.js
+// renders and sanitizes model text, store.js keeps the conversations, view.js draws them.
+//
+// A turn is one request: a new question, a regenerated last reply, an edited question asked
+// again, or a reply continued after it stopped at the token limit. A finished turn (or one the
+// user stopped after some text) is stored; a failed one changes nothing stored.
 
-const SETTINGS_KEY = "triode.chat.settings";
-const WS_CONNECT_TIMEOUT_MS = 3000;
+import { codeOfCopyButton, copyText, renderMarkdown } from "./markdown.js";
+import { loadSettings, requestBody, watchSettings } from "./settings.js";
+import { ConversationStore } from "./store.js";
+import { streamTurn } from "./transport.js";
+import {
+  $,
+  addNote,
+  announce,
+  assistantMessage,
+  clearConversation,
+  isScrolledToBottom,
+  renderConversationList,
+  showError,
+  startRename,
+  userMessage,
+} from "./view.js";
+
 // A cancel the server never answers (a dead socket) still frees the page after this long.
 const STOP_GRACE_MS = 5000;
 
-const $ = (id) => document.getElementById(id);
-
+const store = new ConversationStore();
 const chat = {
-  history: [],     // finished turns as {role, content}; the system prompt is added per request
-  turn: null,      // the reply in progress, or null
-  socket: null,    // the open WebSocket, reused across turns
-  socketKey: null, // the API key `socket` was opened with
+  conversation: null, // the conversation on screen (store.current(), or a new empty one)
+  turn: null, // the turn in progress, or null
   numTurns: 0,
 };
 
-// ---- settings -----------------------------------------------------------------------------------
+// ---- drawing -----------------------------------------------------------------------------------
 
-const SETTING_INPUTS = {
-  systemPrompt: "system-prompt",
-  temperature: "temperature",
-  maxTokens: "max-tokens",
-  apiKey: "api-key",
-};
-
-function loadSettings() {
-  let saved = {};
-  try {
-    saved = JSON.parse(localStorage.getItem(SETTINGS_KEY)) || {};
-  } catch {
-    // unreadable or blocked storage: keep the defaults in the HTML
-  }
-  for (const [name, id] of Object.entries(SETTING_INPUTS)) {
-    if (typeof saved[name] === "string") $(id).value = saved[name];
-  }
+function renderConversation() {
+  clearConversation();
+  const messages = chat.conversation.messages;
+  const last = messages.length - 1;
+  messages.forEach((message, index) => {
+    if (message.role === "user") userMessage(message.content, index);
+    else assistantMessage(message.content, index, { finish: message.finish, isLast: index === last });
+  });
 }
 
-function saveSettings() {
-  const values = {};
-  for (const [name, id] of Object.entries(SETTING_INPUTS)) values[name] = $(id).value;
-  try {
-    localStorage.setItem(SETTINGS_KEY, JSON.stringify(values));
-  } catch {
-    // private mode or full storage: the settings still apply to this page
+function renderList() {
+  renderConversationList(store.list(), chat.conversation?.id);
+  if (store.saveError) {
+    $("storage-note").hidden = false;
+    $("storage-note").textContent = `Not saved: ${store.saveError.message}`;
   }
 }
 
-function apiKey() {
-  return $("api-key").value.trim();
+function show(conversation) {
+  chat.conversation = conversation;
+  renderConversation();
+  renderList();
 }
 
-// The request body. Fields left empty are left out (the server's defaults apply); anything else
-// is sent as typed, so the server's 400 names a bad value rather than the page hiding it.
-function buildRequest(messages) {
-  const body = { messages, stream: true, stream_options: { include_usage: true } };
-  const temperature = $("temperature").value.trim();
-  const maxTokens = $("max-tokens").value.trim();
-  if (temperature !== "") body.temperature = Number(temperature);
-  if (maxTokens !== "") body.max_tokens = Number(maxTokens);
-  return body;
-}
-
-function requestMessages(userText) {
-  const system = $("system-prompt").value.trim();
-  const messages = system ? [{ role: "system", content: system }] : [];
-  return [...messages, ...chat.history, { role: "user", content: userText }];
-}
-
-// ---- conversation view ------------------------------------------------------------------------
-
-function isScrolledToBottom() {
-  const view = $("conversation");
-  return view.scrollHeight - view.scrollTop - view.clientHeight < 40;
-}
-
-function addBubble(className, text = "") {
-  const stick = isScrolledToBottom();
-  $("empty-hint").hidden = true;
-  const bubble = document.createElement("div");
-  bubble.className = className;
-  bubble.textContent = text;
-  $("conversation").append(bubble);
-  if (stick) bubble.scrollIntoView({ block: "end" });
-  return bubble;
-}
-
-function addNote(text) {
-  addBubble("note", text);
-}
-
-// An error in the conversation: the server's message, then what it was (status, code).
-function showError(error) {
-  const bubble = addBubble("message error");
-  const title = document.createElement("strong");
-  title.textContent = "Error: ";
-  bubble.append(title, error.message || "unknown error");
-  const details = [error.status && `HTTP ${error.status}`, error.code || error.type];
-  if (error.retryAfter) details.push(`retry after ${error.retryAfter} s`);
-  const shown = details.filter(Boolean).join(" · ");
-  if (shown) bubble.append(` (${shown})`);
-  if (error.status === 401 || error.code === "invalid_api_key") {
-    bubble.append(" Set the server's API key under Settings.");
-    $("settings").open = true;
-  }
-}
-
-function appendReplyText(turn, text) {
-  const stick = isScrolledToBottom();
-  turn.textNode.appendData(text);  // a Text node: model output is never parsed as HTML
-  turn.text += text;
-  if (stick) turn.bubble.scrollIntoView({ block: "end" });
+// Another conversation on screen: the last reply's figures no longer apply.
+function switchTo(conversation) {
+  discardTurn();
+  show(conversation);
+  resetStats();
 }
 
 function setBusy(isBusy) {
   document.body.dataset.state = isBusy ? "streaming" : "idle";
   $("send").disabled = isBusy;
   $("stop").disabled = !isBusy;
+  for (const element of document.querySelectorAll("#conversation [data-action]")) {
+    element.disabled = isBusy;
+  }
 }
 
-// ---- live figures -----------------------------------------------------------------------------
+// ---- live figures ------------------------------------------------------------------------------
 
 function formatNumber(value, digits) {
   return Number.isFinite(value) ? value.toFixed(digits) : "–";
@@ -145,71 +98,92 @@ function resetStats() {
   for (const id of ["ttft", "tps", "num-tokens"]) $(id).textContent = "–";
 }
 
-// ---- one turn ---------------------------------------------------------------------------------
+// ---- one turn ----------------------------------------------------------------------------------
 
-function startTurn(userText) {
+// plan: {messages (the conversation to send), bubble (the assistant element to stream into),
+// prefix (text already in it: Continue), extra (more body fields), onStored(text, finish),
+// onFailed(outcome)}.
+async function runTurn(plan) {
   chat.numTurns += 1;
-  const userBubble = addBubble("message user", userText);
-  const bubble = addBubble("message assistant streaming");
-  const textNode = document.createTextNode("");
-  bubble.append(textNode);
   const turn = {
     id: `chat-${chat.numTurns}`,
-    userText,
-    userBubble,
-    bubble,
-    textNode,
+    plan,
+    content: plan.bubble.querySelector(".content"),
     text: "",
+    finishReason: null,
     numTextChunks: 0,
     usage: null,
     sentAt: NaN,
     firstAt: NaN,
     lastAt: NaN,
+    isRenderPending: false,
     isStopRequested: false,
-    isDiscarded: false,  // "New chat" during the reply: drop it silently
-    stop: () => {},      // set by the transport
-    settle: () => {},    // set by the transport: ends the turn with an outcome
+    isDiscarded: false, // "New chat" or another conversation during the reply: drop it
+    stop: () => {},
+    settle: () => {},
   };
+  turn.onChunk = (chunk) => onChunk(turn, chunk);
   chat.turn = turn;
   resetStats();
   setBusy(true);
-  return turn;
+  announce("Replying…");
+  const body = requestBody(plan.messages, plan.extra);
+  const outcome = await streamTurn(turn, body, $("api-key").value.trim(), (text) => {
+    $("transport").textContent = text;
+  });
+  finishTurn(turn, outcome);
 }
 
-// One streamed chunk object (the same shape over both transports).
-function handleChunk(turn, chunk) {
+function onChunk(turn, chunk) {
   if (chunk.usage) turn.usage = chunk.usage;
-  const text = chunk.choices?.[0]?.delta?.content;
+  const choice = chunk.choices?.[0];
+  if (choice?.finish_reason) turn.finishReason = choice.finish_reason;
+  const text = choice?.delta?.content;
   if (!text) return;
   const now = performance.now();
   if (!Number.isFinite(turn.firstAt)) turn.firstAt = now;
   turn.lastAt = now;
   turn.numTextChunks += 1;
-  appendReplyText(turn, text);
+  turn.text += text;
   updateStats(turn);
+  // Markdown is re-rendered at most once per painted frame, however fast chunks arrive.
+  if (turn.isRenderPending) return;
+  turn.isRenderPending = true;
+  requestAnimationFrame(() => {
+    turn.isRenderPending = false;
+    if (turn.isDiscarded) return;
+    const stick = isScrolledToBottom();
+    renderMarkdown(turn.content, turn.plan.prefix + turn.text);
+    if (stick) turn.plan.bubble.scrollIntoView({ block: "end" });
+  });
 }
 
 // outcome: {kind: "done" | "stopped" | "error", usage?, error?}
 function finishTurn(turn, outcome) {
   chat.turn = null;
   setBusy(false);
-  turn.bubble.classList.remove("streaming");
   if (outcome.usage) turn.usage = outcome.usage;
   if (turn.isDiscarded) return;
   updateStats(turn);
   const hasText = turn.text.length > 0;
   if (outcome.kind === "done" || (outcome.kind === "stopped" && hasText)) {
     // What the user saw is what the model will see as its own previous turn.
-    chat.history.push({ role: "user", content: turn.userText });
-    chat.history.push({ role: "assistant", content: turn.text });
-    if (outcome.kind === "stopped") addNote("stopped");
+    const finish = outcome.kind === "stopped" ? "stopped" : turn.finishReason || "stop";
+    turn.plan.onStored(turn.text, finish);
+    show(chat.conversation);
+    announce(
+      finish === "length"
+        ? "Reply stopped at the token limit."
+        : finish === "stopped"
+          ? "Reply stopped."
+          : "Reply finished.",
+    );
   } else {
-    // Nothing usable: keep the turn out of the history and give the text back for a retry.
-    turn.userBubble.classList.add("failed");
-    if (!hasText) turn.bubble.remove();
-    if (outcome.kind === "stopped") addNote("stopped before the first token");
+    renderConversation(); // nothing stored changed
+    turn.plan.onFailed?.(outcome);
+    if (outcome.kind === "stopped") addNote("Stopped before the first token.");
     if (outcome.kind === "error") showError(outcome.error);
-    if ($("prompt").value === "") $("prompt").value = turn.userText;
+    announce(outcome.kind === "error" ? "The reply failed." : "Reply stopped.");
   }
   $("prompt").focus();
 }
@@ -222,238 +196,208 @@ function stopTurn() {
   setTimeout(() => turn.settle({ kind: "stopped" }), STOP_GRACE_MS);
 }
 
-// ---- WebSocket transport ----------------------------------------------------------------------
-
-function socketUrl() {
-  const url = new URL("/v1/ws", location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  return url;
+function discardTurn() {
+  if (!chat.turn) return;
+  chat.turn.isDiscarded = true;
+  stopTurn();
 }
 
-// Browsers cannot set headers on a WebSocket: the key travels as a `bearer.<key>` subprotocol
-// (kept out of URLs and logs); the server answers with `triode`, never echoing the key. A key
-// that is not a valid subprotocol token makes the constructor throw: SSE then carries it.
-function socketProtocols(key) {
-  return key ? ["triode", `bearer.${key}`] : ["triode"];
+// ---- what starts a turn ------------------------------------------------------------------------
+
+function currentConversation() {
+  if (!chat.conversation) chat.conversation = store.create();
+  return chat.conversation;
 }
 
-// Resolves to an open socket, or null when none can be opened (refused, 401, timeout).
-function openSocket(key) {
-  return new Promise((resolve) => {
-    let socket;
-    try {
-      socket = new WebSocket(socketUrl(), socketProtocols(key));
-    } catch {
-      resolve(null);
-      return;
-    }
-    const fail = () => {
-      clearTimeout(timer);
-      socket.onopen = socket.onerror = socket.onclose = null;
-      socket.close();
-      resolve(null);
-    };
-    const timer = setTimeout(fail, WS_CONNECT_TIMEOUT_MS);
-    socket.onerror = fail;
-    socket.onclose = fail;
-    socket.onopen = () => {
-      clearTimeout(timer);
-      socket.onerror = null;
-      socket.onmessage = onSocketMessage;
-      socket.onclose = (event) => onSocketClosed(socket, event);
-      resolve(socket);
-    };
+// A new question, or an edited one replacing the messages from `fromIndex` on.
+function ask(text, fromIndex = null) {
+  const conversation = currentConversation();
+  const kept = fromIndex === null ? conversation.messages : conversation.messages.slice(0, fromIndex);
+  if (fromIndex !== null) {
+    clearConversation();
+    kept.forEach((m, i) =>
+      m.role === "user" ? userMessage(m.content, i) : assistantMessage(m.content, i, m),
+    );
+  }
+  const failedBubble = () => userMessage(text);
+  userMessage(text);
+  const bubble = assistantMessage("");
+  runTurn({
+    messages: [...kept, { role: "user", content: text }],
+    bubble,
+    prefix: "",
+    onStored: (reply, finish) => {
+      if (fromIndex !== null) store.truncate(conversation, fromIndex);
+      store.addMessages(conversation, [
+        { role: "user", content: text },
+        { role: "assistant", content: reply, finish },
+      ]);
+    },
+    onFailed: () => {
+      // Keep the turn out of the history and give the text back for a retry.
+      failedBubble().classList.add("failed");
+      if ($("prompt").value === "") $("prompt").value = text;
+    },
   });
 }
 
-async function connectedSocket() {
-  const key = apiKey();
-  const current = chat.socket;
-  if (current && current.readyState === WebSocket.OPEN && chat.socketKey === key) return current;
-  if (current) current.close();
-  chat.socket = await openSocket(key);
-  chat.socketKey = key;
-  return chat.socket;
-}
-
-function onSocketMessage(event) {
-  let message;
-  try {
-    message = JSON.parse(event.data);
-  } catch {
-    return;  // not ours to show: the server only sends JSON
-  }
-  const turn = chat.turn;
-  // `id: null` errors are about a message that started nothing: ours, if a turn is waiting.
-  if (!turn || (message.id !== turn.id && message.id !== null)) return;
-  if (message.type === "chunk") handleChunk(turn, message.chunk);
-  else if (message.type === "done")
-    turn.settle({ kind: message.cancelled ? "stopped" : "done", usage: message.usage });
-  else if (message.type === "error") turn.settle({ kind: "error", error: message.error });
-}
-
-function onSocketClosed(socket, event) {
-  if (chat.socket === socket) chat.socket = null;
-  const turn = chat.turn;
-  if (turn && turn.socket === socket) {
-    const message =
-      event.code === 1001
-        ? "the server is shutting down"
-        : `the connection to the server closed (code ${event.code})`;
-    turn.settle({ kind: "error", error: { message, code: "connection_closed" } });
-  }
-}
-
-function streamOverWebSocket(turn, socket, body) {
-  return new Promise((resolve) => {
-    turn.socket = socket;
-    turn.settle = once(resolve);
-    turn.stop = () => socket.send(JSON.stringify({ type: "cancel", id: turn.id }));
-    turn.sentAt = performance.now();
-    socket.send(JSON.stringify({ type: "chat.completion", id: turn.id, request: body }));
+function regenerate() {
+  const conversation = chat.conversation;
+  const last = conversation.messages.length - 1;
+  if (conversation.messages[last]?.role !== "assistant") return;
+  const kept = conversation.messages.slice(0, last);
+  const bubble = document.querySelector(`#conversation .message[data-index="${last}"]`);
+  const fresh = assistantMessage("");
+  bubble.replaceWith(fresh);
+  runTurn({
+    messages: kept,
+    bubble: fresh,
+    prefix: "",
+    onStored: (reply, finish) => {
+      store.truncate(conversation, last);
+      store.addMessages(conversation, [{ role: "assistant", content: reply, finish }]);
+    },
   });
 }
 
-// ---- SSE transport (fetch streaming) ----------------------------------------------------------
-
-async function errorFromResponse(response) {
-  const error = { status: response.status, message: response.statusText };
-  try {
-    Object.assign(error, (await response.json()).error);
-  } catch {
-    // not an OpenAI error body (a proxy's page?): the status line is all there is
-  }
-  error.retryAfter = response.headers.get("Retry-After");
-  return error;
-}
-
-// Calls onData with the data of each event; returns true once `[DONE]` arrives.
-async function readEvents(reader, onData) {
-  const decoder = new TextDecoder();
-  let buffer = "";
-  let dataLines = [];
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return false;
-    buffer += decoder.decode(value, { stream: true });
-    const lines = buffer.split(/\r?\n/);
-    buffer = lines.pop();  // an incomplete last line waits for more bytes
-    for (const line of lines) {
-      if (line.startsWith("data:")) {
-        dataLines.push(line.slice(line.startsWith("data: ") ? 6 : 5));
-      } else if (line === "" && dataLines.length) {  // a blank line ends an event
-        const data = dataLines.join("\n");
-        dataLines = [];
-        if (data === "[DONE]") return true;
-        onData(data);
-      }
-    }
-  }
-}
-
-async function streamOverSse(turn, body) {
-  const aborter = new AbortController();
-  let outcome = null;
-  const settled = new Promise((resolve) => (turn.settle = once(resolve)));
-  // Closing the connection is how an SSE client cancels: the server aborts on disconnect.
-  turn.stop = () => aborter.abort();
-  const headers = { "Content-Type": "application/json" };
-  const key = apiKey();
-  if (key) headers.Authorization = `Bearer ${key}`;
-  const run = async () => {
-    turn.sentAt = performance.now();
-    let response;
-    try {
-      response = await fetch("/v1/chat/completions", {
-        method: "POST",
-        headers,
-        body: JSON.stringify(body),
-        signal: aborter.signal,
-      });
-    } catch (err) {
-      if (aborter.signal.aborted) throw err;
-      return { kind: "error", error: { message: `could not reach the server (${err.message})` } };
-    }
-    if (!response.ok) return { kind: "error", error: await errorFromResponse(response) };
-    const reader = response.body.getReader();
-    const isDone = await readEvents(reader, (data) => {
-      const chunk = JSON.parse(data);
-      // An error after the stream began arrives as a chunk holding only `error`.
-      if (chunk.error) outcome = { kind: "error", error: chunk.error };
-      else handleChunk(turn, chunk);
-    });
-    if (outcome) return outcome;
-    if (isDone) return { kind: "done" };
-    return { kind: "error", error: { message: "the stream ended before [DONE]" } };
-  };
-  run().then(turn.settle, (err) => {
-    if (aborter.signal.aborted) turn.settle({ kind: "stopped" });
-    else turn.settle({ kind: "error", error: { message: `the stream broke (${err.message})` } });
+// Continue a reply that stopped at the token limit, in the same message: the conversation is
+// sent ending with that partial reply, for the server to carry on from (vLLM's
+// `continue_final_message`; the chat template then leaves the reply open).
+function continueReply() {
+  const conversation = chat.conversation;
+  const last = conversation.messages.length - 1;
+  const message = conversation.messages[last];
+  if (message?.role !== "assistant") return;
+  const bubble = document.querySelector(`#conversation .message[data-index="${last}"]`);
+  const live = assistantMessage(message.content);
+  bubble.replaceWith(live);
+  runTurn({
+    messages: conversation.messages,
+    bubble: live,
+    prefix: message.content,
+    extra: { add_generation_prompt: false, continue_final_message: true },
+    onStored: (more, finish) => {
+      message.content += more;
+      message.finish = finish;
+      store.touch(conversation);
+    },
   });
-  return settled;
 }
 
-// ---- sending ----------------------------------------------------------------------------------
-
-function once(fn) {
-  let isCalled = false;
-  return (value) => {
-    if (isCalled) return;
-    isCalled = true;
-    fn(value);
-  };
-}
-
-function forcedTransport() {
-  const value = new URLSearchParams(location.search).get("transport");
-  return value === "ws" || value === "sse" ? value : null;
-}
-
-function showTransport(text) {
-  $("transport").textContent = text;
-}
-
-async function send() {
+function send() {
   const text = $("prompt").value;
   if (chat.turn || text.trim() === "") return;
   $("prompt").value = "";
-  const body = buildRequest(requestMessages(text));
-  const turn = startTurn(text);
-  const forced = forcedTransport();
-  const socket = forced === "sse" ? null : await connectedSocket();
-  let outcome;
-  if (turn.isStopRequested) {
-    outcome = { kind: "stopped" };  // stopped while the socket was still connecting
-  } else if (socket) {
-    showTransport("via WebSocket");
-    outcome = await streamOverWebSocket(turn, socket, body);
-  } else if (forced === "ws") {
-    outcome = { kind: "error", error: { message: "the WebSocket could not connect" } };
-  } else {
-    showTransport(forced ? "via SSE" : "via SSE (WebSocket unavailable)");
-    outcome = await streamOverSse(turn, body);
+  ask(text);
+}
+
+// Edit a question in place: its text in a box, then ask again from there (later messages go).
+function startEdit(article) {
+  const index = Number(article.dataset.index);
+  const message = chat.conversation.messages[index];
+  const editor = document.createElement("form");
+  editor.className = "edit-form";
+  const area = document.createElement("textarea");
+  area.value = message.content;
+  area.rows = Math.min(8, message.content.split("\n").length + 1);
+  area.setAttribute("aria-label", "Edit your message (Enter sends, Esc cancels)");
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.textContent = "Send";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.textContent = "Cancel";
+  editor.append(area, save, cancel);
+  article.replaceChildren(editor);
+  const close = () => {
+    renderConversation();
+    document.querySelector(`#conversation .message[data-index="${index}"] [data-action="edit"]`)?.focus();
+  };
+  cancel.addEventListener("click", close);
+  editor.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (chat.turn || area.value.trim() === "") return;
+    ask(area.value, index);
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      editor.requestSubmit();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation();
+      close();
+    }
+  });
+  area.focus();
+}
+
+// ---- buttons in the conversation and the list --------------------------------------------------
+
+async function copyFrom(button, text) {
+  try {
+    await copyText(text);
+    button.textContent = "Copied";
+    announce("Copied to the clipboard.");
+  } catch (error) {
+    button.textContent = "Copy failed";
+    announce(`Copying failed: ${error.message}`);
   }
-  finishTurn(turn, outcome);
+  setTimeout(() => (button.textContent = "Copy"), 1500);
+}
+
+function onConversationClick(event) {
+  const button = event.target.closest("button");
+  if (!button || button.disabled) return;
+  if (button.classList.contains("copy-code")) {
+    copyFrom(button, codeOfCopyButton(button));
+    return;
+  }
+  const article = button.closest(".message");
+  const index = Number(article?.dataset.index);
+  const action = button.dataset.action;
+  if (action === "copy-message") copyFrom(button, chat.conversation.messages[index].content);
+  else if (action === "edit") startEdit(article);
+  else if (action === "regenerate" && !chat.turn) regenerate();
+  else if (action === "continue" && !chat.turn) continueReply();
+}
+
+function onListClick(event) {
+  const button = event.target.closest("button");
+  const item = button?.closest(".conversation-item");
+  if (!item) return;
+  const { id } = item.dataset;
+  const conversation = store.get(id);
+  const action = button.dataset.action;
+  if (action === "open-conversation") {
+    switchTo(store.select(id));
+  } else if (action === "rename-conversation") {
+    startRename(item, conversation.title, (title) => {
+      if (title !== null) store.rename(id, title);
+      renderList();
+      $("conversation-list").querySelector(`[data-id="${id}"] .title`)?.focus();
+    });
+  } else if (action === "delete-conversation") {
+    if (!confirm(`Delete the conversation “${conversation.title}”?`)) return;
+    store.remove(id);
+    if (chat.conversation?.id === id) {
+      switchTo(store.create());
+    } else {
+      renderList();
+    }
+    $("new-chat").focus();
+  }
 }
 
 function newChat() {
-  if (chat.turn) {
-    chat.turn.isDiscarded = true;
-    stopTurn();
-  }
-  chat.history = [];
-  for (const node of [...$("conversation").children]) {
-    if (node.id !== "empty-hint") node.remove();
-  }
-  $("empty-hint").hidden = false;
-  resetStats();
+  switchTo(store.create());
   $("prompt").focus();
 }
 
-// ---- model name -------------------------------------------------------------------------------
+// ---- model name --------------------------------------------------------------------------------
 
 async function showModel() {
-  const key = apiKey();
+  const key = $("api-key").value.trim();
   const headers = key ? { Authorization: `Bearer ${key}` } : {};
   try {
     const response = await fetch("/v1/models", { headers });
@@ -464,11 +408,11 @@ async function showModel() {
     const models = await response.json();
     $("model").textContent = models.data?.[0]?.id ?? "";
   } catch {
-    $("model").textContent = "";  // a reply will show the real problem, if there is one
+    $("model").textContent = ""; // a reply will show the real problem, if there is one
   }
 }
 
-// ---- wiring -----------------------------------------------------------------------------------
+// ---- wiring ------------------------------------------------------------------------------------
 
 function onPromptKey(event) {
   // Enter sends; Shift+Enter inserts a line; Enter that confirms an IME composition does neither.
@@ -478,16 +422,21 @@ function onPromptKey(event) {
   }
 }
 
+// Side panels start open beside the conversation on wide screens, folded away on phones.
+function foldPanelsByWidth() {
+  const wide = window.matchMedia("(min-width: 761px)");
+  const apply = (isWide) => {
+    $("settings").open = isWide;
+    $("history").open = isWide;
+  };
+  apply(wide.matches);
+  wide.addEventListener("change", (event) => apply(event.matches));
+}
+
 function init() {
   loadSettings();
-  for (const id of Object.values(SETTING_INPUTS)) $(id).addEventListener("change", saveSettings);
-  $("api-key").addEventListener("change", showModel);
-  // Enter in a settings field must not submit (and reload) the page.
-  $("settings-form").addEventListener("submit", (event) => event.preventDefault());
-  // Settings start open beside the conversation on wide screens, folded away on phones.
-  const wide = window.matchMedia("(min-width: 761px)");
-  $("settings").open = wide.matches;
-  wide.addEventListener("change", (event) => ($("settings").open = event.matches));
+  watchSettings(showModel);
+  foldPanelsByWidth();
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     send();
@@ -495,9 +444,18 @@ function init() {
   $("prompt").addEventListener("keydown", onPromptKey);
   $("stop").addEventListener("click", stopTurn);
   $("new-chat").addEventListener("click", newChat);
+  $("conversation").addEventListener("click", onConversationClick);
+  $("conversation-list").addEventListener("click", onListClick);
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") stopTurn();
   });
+  store.onChange(() => {
+    // Another tab changed the list; the conversation on screen follows unless it is streaming.
+    const same = store.get(chat.conversation?.id);
+    if (!chat.turn) show(same ?? store.current() ?? store.create());
+    else renderList();
+  });
+  show(store.current() ?? store.create());
   showModel();
   $("prompt").focus();
 }
