@@ -7,7 +7,7 @@
 // user stopped after some text) is stored; a failed one changes nothing stored.
 
 import { codeOfCopyButton, copyText, renderMarkdown } from "./markdown.js";
-import { loadSettings, requestBody, watchSettings } from "./settings.js";
+import { loadSettings, requestBody, showModel, watchSettings } from "./settings.js";
 import { ConversationStore } from "./store.js";
 import { streamTurn } from "./transport.js";
 import {
@@ -18,8 +18,11 @@ import {
   clearConversation,
   isScrolledToBottom,
   renderConversationList,
+  resetStats,
+  showEditor,
   showError,
   startRename,
+  updateStats,
   userMessage,
 } from "./view.js";
 
@@ -73,29 +76,6 @@ function setBusy(isBusy) {
   for (const element of document.querySelectorAll("#conversation [data-action]")) {
     element.disabled = isBusy;
   }
-}
-
-// ---- live figures ------------------------------------------------------------------------------
-
-function formatNumber(value, digits) {
-  return Number.isFinite(value) ? value.toFixed(digits) : "–";
-}
-
-// TTFT counts from sending the request; tokens/s is the decode rate after the first token.
-// While streaming the token count is the number of text chunks (about one token each); the
-// server's usage replaces it when the reply ends.
-function updateStats(turn) {
-  const numTokens = turn.usage ? turn.usage.completion_tokens : turn.numTextChunks;
-  const ttftMs = turn.firstAt - turn.sentAt;
-  const decodeS = (turn.lastAt - turn.firstAt) / 1000;
-  const rate = numTokens > 1 && decodeS > 0 ? (numTokens - 1) / decodeS : NaN;
-  $("ttft").textContent = Number.isFinite(ttftMs) ? `${Math.round(ttftMs)} ms` : "–";
-  $("tps").textContent = formatNumber(rate, 1);
-  $("num-tokens").textContent = String(numTokens ?? "–");
-}
-
-function resetStats() {
-  for (const id of ["ttft", "tps", "num-tokens"]) $(id).textContent = "–";
 }
 
 // ---- one turn ----------------------------------------------------------------------------------
@@ -219,7 +199,6 @@ function ask(text, fromIndex = null) {
       m.role === "user" ? userMessage(m.content, i) : assistantMessage(m.content, i, m),
     );
   }
-  const failedBubble = () => userMessage(text);
   userMessage(text);
   const bubble = assistantMessage("");
   runTurn({
@@ -235,7 +214,7 @@ function ask(text, fromIndex = null) {
     },
     onFailed: () => {
       // Keep the turn out of the history and give the text back for a retry.
-      failedBubble().classList.add("failed");
+      userMessage(text).classList.add("failed");
       if ($("prompt").value === "") $("prompt").value = text;
     },
   });
@@ -294,42 +273,17 @@ function send() {
 // Edit a question in place: its text in a box, then ask again from there (later messages go).
 function startEdit(article) {
   const index = Number(article.dataset.index);
-  const message = chat.conversation.messages[index];
-  const editor = document.createElement("form");
-  editor.className = "edit-form";
-  const area = document.createElement("textarea");
-  area.value = message.content;
-  area.rows = Math.min(8, message.content.split("\n").length + 1);
-  area.setAttribute("aria-label", "Edit your message (Enter sends, Esc cancels)");
-  const save = document.createElement("button");
-  save.type = "submit";
-  save.textContent = "Send";
-  const cancel = document.createElement("button");
-  cancel.type = "button";
-  cancel.textContent = "Cancel";
-  editor.append(area, save, cancel);
-  article.replaceChildren(editor);
   const close = () => {
     renderConversation();
-    document.querySelector(`#conversation .message[data-index="${index}"] [data-action="edit"]`)?.focus();
+    const selector = `#conversation .message[data-index="${index}"] [data-action="edit"]`;
+    document.querySelector(selector)?.focus();
   };
-  cancel.addEventListener("click", close);
-  editor.addEventListener("submit", (event) => {
-    event.preventDefault();
-    if (chat.turn || area.value.trim() === "") return;
-    ask(area.value, index);
+  showEditor(article, chat.conversation.messages[index].content, {
+    onSend: (text) => {
+      if (!chat.turn && text.trim() !== "") ask(text, index);
+    },
+    onCancel: close,
   });
-  area.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      editor.requestSubmit();
-    } else if (event.key === "Escape") {
-      event.preventDefault();
-      event.stopPropagation();
-      close();
-    }
-  });
-  area.focus();
 }
 
 // ---- buttons in the conversation and the list --------------------------------------------------
@@ -392,24 +346,6 @@ function onListClick(event) {
 function newChat() {
   switchTo(store.create());
   $("prompt").focus();
-}
-
-// ---- model name --------------------------------------------------------------------------------
-
-async function showModel() {
-  const key = $("api-key").value.trim();
-  const headers = key ? { Authorization: `Bearer ${key}` } : {};
-  try {
-    const response = await fetch("/v1/models", { headers });
-    if (response.status === 401) {
-      $("model").textContent = "API key needed (Settings)";
-      return;
-    }
-    const models = await response.json();
-    $("model").textContent = models.data?.[0]?.id ?? "";
-  } catch {
-    $("model").textContent = ""; // a reply will show the real problem, if there is one
-  }
 }
 
 // ---- wiring ------------------------------------------------------------------------------------

@@ -67,3 +67,21 @@ export function requestBody(messages, extra = {}) {
   if ($("json-mode").checked) body.response_format = { type: "json_object" };
   return Object.assign(body, extra);
 }
+
+// ---- model name --------------------------------------------------------------------------------
+
+export async function showModel() {
+  const key = $("api-key").value.trim();
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  try {
+    const response = await fetch("/v1/models", { headers });
+    if (response.status === 401) {
+      $("model").textContent = "API key needed (Settings)";
+      return;
+    }
+    const models = await response.json();
+    $("model").textContent = models.data?.[0]?.id ?? "";
+  } catch {
+    $("model").textContent = ""; // a reply will show the real problem, if there is one
+  }
+}

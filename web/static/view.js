@@ -131,6 +131,29 @@ export function announce(text) {
   requestAnimationFrame(() => (status.textContent = text));
 }
 
+// ---- live figures ------------------------------------------------------------------------------
+
+function formatNumber(value, digits) {
+  return Number.isFinite(value) ? value.toFixed(digits) : "–";
+}
+
+// TTFT counts from sending the request; tokens/s is the decode rate after the first token.
+// While streaming the token count is the number of text chunks (about one token each); the
+// server's usage replaces it when the reply ends.
+export function updateStats(turn) {
+  const numTokens = turn.usage ? turn.usage.completion_tokens : turn.numTextChunks;
+  const ttftMs = turn.firstAt - turn.sentAt;
+  const decodeS = (turn.lastAt - turn.firstAt) / 1000;
+  const rate = numTokens > 1 && decodeS > 0 ? (numTokens - 1) / decodeS : NaN;
+  $("ttft").textContent = Number.isFinite(ttftMs) ? `${Math.round(ttftMs)} ms` : "–";
+  $("tps").textContent = formatNumber(rate, 1);
+  $("num-tokens").textContent = String(numTokens ?? "–");
+}
+
+export function resetStats() {
+  for (const id of ["ttft", "tps", "num-tokens"]) $(id).textContent = "–";
+}
+
 // ---- the conversation list ---------------------------------------------------------------------
 
 export function renderConversationList(conversations, currentId) {
@@ -184,4 +207,37 @@ export function startRename(item, title, done) {
   item.querySelector(".title").replaceWith(input);
   input.focus();
   input.select();
+}
+
+// Swaps a question for a box holding its text: Enter (or Send) calls onSend(text), Esc (or
+// Cancel) onCancel().
+export function showEditor(article, text, { onSend, onCancel }) {
+  const editor = document.createElement("form");
+  editor.className = "edit-form";
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.rows = Math.min(8, text.split("\n").length + 1);
+  area.setAttribute("aria-label", "Edit your message (Enter sends, Esc cancels)");
+  const send = document.createElement("button");
+  send.type = "submit";
+  send.textContent = "Send";
+  const cancel = button("cancel-edit", "Cancel");
+  editor.append(area, send, cancel);
+  article.replaceChildren(editor);
+  cancel.addEventListener("click", onCancel);
+  editor.addEventListener("submit", (event) => {
+    event.preventDefault();
+    onSend(area.value);
+  });
+  area.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      editor.requestSubmit();
+    } else if (event.key === "Escape") {
+      event.preventDefault();
+      event.stopPropagation(); // Esc here cancels the edit, not a reply
+      onCancel();
+    }
+  });
+  area.focus();
 }
