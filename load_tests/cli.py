@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("results", nargs="+", type=Path)
     compare.add_argument("--png", type=Path, default=None, help="a combined plot")
 
-    report = commands.add_parser("report", help="plot JSON results (one line per result)")
+    report = commands.add_parser(
+        "report", help="plot JSON results (one line per result), or redraw a sweep's JSON"
+    )
     report.add_argument("results", nargs="+", type=Path)
     report.add_argument("--png", type=Path, required=True)
 
@@ -192,9 +194,17 @@ async def _compare(args: argparse.Namespace) -> int:
 
 
 async def _report(args: argparse.Namespace) -> int:
+    import orjson
+
     from triode.load_tests.report import plot_results
     from triode.load_tests.results import load_result
+    from triode.load_tests.sweep import load_sweep
+    from triode.load_tests.sweep_report import plot_sweep
 
+    if len(args.results) == 1 and orjson.loads(args.results[0].read_bytes()).get("kind") == "sweep":
+        sweeps, data = load_sweep(args.results[0])  # a sweep redraws as a sweep
+        plot_sweep(sweeps, args.png, data.get("workload", ""))
+        return 0
     plot_results([load_result(p) for p in args.results], args.png)
     return 0
 

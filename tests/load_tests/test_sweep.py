@@ -96,6 +96,9 @@ def test_sweep_json_roundtrip(tmp_path):
     assert data["servers"][0]["knee_rate"] == 4 and data["servers"][0]["is_knee_bounded"]
     assert back.knee.rate == 4 and back.max_rate_within_slo == 4
     assert [p.summary for p in back.points] == [p.summary for p in sweep.points]
+    # `report` redraws a sweep's JSON as a sweep.
+    assert main(["report", str(tmp_path / "s.json"), "--png", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
