@@ -6,7 +6,6 @@
 // page's CSP forbids it anyway), links open in a new tab without an opener, and no style or
 // script survives the sanitizer. Fenced code becomes a monospace block with its language, syntax
 // colours when highlight.js knows the language, and a Copy button.
-"use strict";
 
 const { marked, DOMPurify, hljs } = window;
 
