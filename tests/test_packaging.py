@@ -51,6 +51,7 @@ def test_wheel_installs_one_top_level_name(wheel, tmp_path):
     files = set(zipfile.ZipFile(wheel).namelist())
     for data in (
         "triode/web/static/index.html",
+        "triode/web/static/vendor/marked.umd.js",
         "triode/load_tests/data/chat_prompts.json",
         "triode/kernels/cpu/paged_decode.c",
     ):
