@@ -10,24 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The parent "hash" of a sequence's first block.
-ROOT_HASH = 0x7472696F6465  # "triode"
-
-
-def hash_block_tokens(
-    parent_hash: int | None, token_ids: tuple[int, ...], extra_keys: tuple = ()
-) -> int:
-    """Chained hash of one full block: it depends on every token before it, via the parent."""
-    return hash((ROOT_HASH if parent_hash is None else parent_hash, token_ids, extra_keys))
-
 
 @dataclass(slots=True, eq=False)
 class KVBlock:
     block_id: int
     ref_cnt: int = 0
-    # Prefix-cache identity, set once the block is full; kept while the block sits free.
-    block_hash: int | None = None
-    parent_hash: int | None = None
+    # Prefix-cache identity (block_hash.py), set when the block is registered; kept while the
+    # block sits free.
+    block_hash: bytes | None = None
+    parent_hash: bytes | None = None
     token_ids: tuple[int, ...] | None = None
     # Links of the free queue (None when not in it).
     prev_free: KVBlock | None = None
@@ -93,7 +84,7 @@ class BlockPool:
         self.enable_caching = enable_caching
         self.blocks = [KVBlock(i) for i in range(num_blocks)]
         self.free_queue = FreeBlockQueue(self.blocks)
-        self.cached: dict[int, KVBlock] = {}
+        self.cached: dict[bytes, KVBlock] = {}
         self.num_evictions = 0
 
     @property
@@ -134,16 +125,21 @@ class BlockPool:
                 self.free_queue.append(block)
 
     def get_cached_block(
-        self, block_hash: int, parent_hash: int | None, token_ids: tuple[int, ...]
+        self, block_hash: bytes, parent_hash: bytes | None, token_ids: tuple[int, ...]
     ) -> KVBlock | None:
-        """The cached block with this content, verified token for token (hashes can collide)."""
+        """The cached block with this content, verified token for token and by its parent's
+        digest (NOTE: a 256-bit digest does not collide in practice; checking costs nothing)."""
         block = self.cached.get(block_hash)
         if block is None or block.token_ids != token_ids or block.parent_hash != parent_hash:
             return None
         return block
 
     def cache_block(
-        self, block: KVBlock, block_hash: int, parent_hash: int | None, token_ids: tuple[int, ...]
+        self,
+        block: KVBlock,
+        block_hash: bytes,
+        parent_hash: bytes | None,
+        token_ids: tuple[int, ...],
     ) -> None:
         """Register a full block under its hash (first writer wins; duplicates stay private)."""
         if not self.enable_caching or block.block_hash is not None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from triode.engine.core.block_pool import BlockPool, KVBlock, hash_block_tokens
+from triode.engine.core.block_hash import BlockHasher
+from triode.engine.core.block_pool import BlockPool, KVBlock
 from triode.engine.core.request import Request
 
 
@@ -28,10 +29,18 @@ class PrefixCacheStats:
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_caching: bool = True,
+        hash_salt: bytes | None = None,
+    ) -> None:
         self.block_size = block_size
         self.enable_caching = enable_caching
         self.pool = BlockPool(num_blocks, enable_caching)
+        # Random per process unless a salt is given (block_hash.py says why).
+        self.hasher = BlockHasher(hash_salt)
         # Each request's blocks, in logical order (request.block_ids mirrors the ids).
         self._blocks: dict[str, list[KVBlock]] = {}
         # How many of a request's leading full blocks are registered in the prefix cache.
@@ -52,15 +61,17 @@ class KVCacheManager:
         return self.pool.usage
 
     # ---- prefix cache -------------------------------------------------------------------
-    def _block_hashes(self, request: Request, num_blocks: int) -> list[int]:
-        """The chained hashes of the request's first `num_blocks` full blocks (memoized)."""
+    def _block_hashes(self, request: Request, num_blocks: int) -> list[bytes]:
+        """The chained digests of the request's first `num_blocks` full blocks (memoized: a
+        full block's tokens never change)."""
         hashes = request.block_hashes
         bs = self.block_size
         tokens = request.all_token_ids
+        extra_keys = request.cache_extra_keys
         while len(hashes) < num_blocks:
             i = len(hashes)
             parent = hashes[-1] if hashes else None
-            hashes.append(hash_block_tokens(parent, tuple(tokens[i * bs : (i + 1) * bs])))
+            hashes.append(self.hasher(parent, tokens[i * bs : (i + 1) * bs], extra_keys))
         return hashes
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
@@ -199,6 +210,14 @@ class KVCacheManager:
 
     def num_held_blocks(self, request_id: str) -> int:
         return len(self._blocks.get(request_id, []))
+
+    def request_ids(self) -> list[str]:
+        """Ids of the requests holding blocks (for the invariant checker)."""
+        return list(self._blocks)
+
+    def blocks_of(self, request_id: str) -> list[KVBlock]:
+        """A request's blocks in logical order (a copy; for the invariant checker)."""
+        return list(self._blocks.get(request_id, []))
 
     def reset_prefix_cache(self) -> bool:
         return self.pool.reset_prefix_cache()

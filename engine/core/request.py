@@ -61,8 +61,11 @@ class Request:
     num_computed_tokens: int = 0
     # Physical KV blocks, in logical order; maintained by the KV-cache manager.
     block_ids: list[int] = field(default_factory=list)
-    # Chained hashes of the full blocks computed so far (prefix caching).
-    block_hashes: list[int] = field(default_factory=list)
+    # Besides the tokens, what changes this request's K/V (e.g. a LoRA adapter's identity, a
+    # tenant's cache salt): part of every block digest, so such requests share no blocks.
+    cache_extra_keys: tuple[str | bytes | int, ...] = ()
+    # Chained digests of the request's full blocks (prefix caching; memoized).
+    block_hashes: list[bytes] = field(default_factory=list)
     num_cached_tokens: int = -1  # prompt tokens served by the prefix cache; -1 until scheduled
     num_preemptions: int = 0
     stop_reason: int | str | None = None
@@ -112,6 +115,7 @@ class Request:
             group_id=self.group_id,
             index=index,
             output_token_ids=list(self.output_token_ids),
+            cache_extra_keys=self.cache_extra_keys,
         )
         child.status = self.status
         child.num_computed_tokens = self.num_computed_tokens

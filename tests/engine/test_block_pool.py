@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tests.engine.helpers import make_request
-from triode.engine.core.block_pool import BlockPool, hash_block_tokens
+from triode.engine.core.block_hash import BlockHasher
+from triode.engine.core.block_pool import BlockPool
 from triode.engine.core.kv_cache_manager import KVCacheManager
 from triode.engine.core.request import Request
 
@@ -101,20 +102,48 @@ def test_prefix_cache_never_covers_the_last_prompt_token():
     assert [b.block_id for b in hits] == [0] and num_tokens == 4  # block 1 holds the last token
 
 
-def test_hash_collision_is_caught_by_token_verification():
+def test_a_digest_that_matches_is_still_verified_by_tokens_and_parent():
     pool = BlockPool(4)
     (block,) = pool.get_new_blocks(1)
-    pool.cache_block(block, 1234, None, (1, 2, 3, 4))
-    assert pool.get_cached_block(1234, None, (1, 2, 3, 4)) is block
-    assert pool.get_cached_block(1234, None, (9, 9, 9, 9)) is None
-    assert pool.get_cached_block(1234, 77, (1, 2, 3, 4)) is None
+    digest, parent = b"d" * 32, b"p" * 32
+    pool.cache_block(block, digest, parent, (1, 2, 3, 4))
+    assert pool.get_cached_block(digest, parent, (1, 2, 3, 4)) is block
+    assert pool.get_cached_block(digest, parent, (9, 9, 9, 9)) is None
+    assert pool.get_cached_block(digest, None, (1, 2, 3, 4)) is None
 
 
-def test_chained_hash_depends_on_the_parent():
+def test_block_digest_chains_the_parent_and_covers_tokens_and_extra_keys():
+    hasher = BlockHasher(b"fixed salt")
     tokens = (5, 6, 7, 8)
-    assert hash_block_tokens(None, tokens) != hash_block_tokens(
-        hash_block_tokens(None, (1,)), tokens
-    )
+    first = hasher(None, tokens)
+    assert len(first) == 32 and first == hasher(None, list(tokens))
+    assert hasher(hasher(None, (1, 2, 3, 4)), tokens) != first
+    assert hasher(None, (5, 6, 7, 9)) != first
+    assert hasher(None, tokens, ("lora-a",)) not in (first, hasher(None, tokens, ("lora-b",)))
+    # Token ids are encoded at a fixed width: no two token lists share a byte string.
+    assert hasher(None, (1, 256)) != hasher(None, (256, 1))
+
+
+def test_block_digests_are_salted_per_process_unless_a_salt_is_given():
+    tokens = (5, 6, 7, 8)
+    assert BlockHasher()(None, tokens) != BlockHasher()(None, tokens)
+    assert BlockHasher(b"shared")(None, tokens) == BlockHasher(b"shared")(None, tokens)
+    assert BlockHasher(b"x" * 100)(None, tokens) == BlockHasher(b"x" * 100)(None, tokens)
+
+
+def test_requests_with_different_extra_keys_share_no_blocks():
+    kv = KVCacheManager(num_blocks=10, block_size=4)
+    first = make_request("a", list(range(10)))
+    first.cache_extra_keys = ("adapter-1",)
+    assert kv.allocate_slots(first, 10)
+    complete_step(kv, first, 10)
+    same = make_request("b", list(range(10)))
+    same.cache_extra_keys = ("adapter-1",)
+    assert kv.get_computed_blocks(same)[1] == 8
+    other = make_request("c", list(range(10)))
+    other.cache_extra_keys = ("adapter-2",)
+    assert kv.get_computed_blocks(other) == ([], 0)
+    assert kv.get_computed_blocks(make_request("d", list(range(10)))) == ([], 0)
 
 
 def test_freed_cached_blocks_are_evicted_in_lru_order():
