@@ -10,7 +10,9 @@ in a process of its own behind the actor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 from triode.engine.errors import ContextLengthError, InvalidRequestError
 from triode.engine.sampling.sampling_params import SamplingParams
@@ -71,8 +73,18 @@ def make_engine_input(
         max_tokens = params.max_tokens
     # Only now, with the length known to fit, the O(prompt) scan (min/max run in C).
     vocab = info.vocab_size
+    _check_ids(prompt_token_ids, "prompt")
     if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
         raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
     if params.stop_token_ids and max(params.stop_token_ids) >= vocab:
         raise InvalidRequestError(f"stop_token_ids must be in [0, {vocab})", "stop_token_ids")
     return EngineInput(prompt_token_ids, params, max_tokens, priority)
+
+
+def _check_ids(ids: Sequence[object], param: str) -> None:
+    """Token ids are integers (numpy's too): anything else never reaches a tensor (the
+    offline API takes any list; SamplingParams checks its own ids)."""
+    if not all(type(t) is int for t in ids) and not all(
+        isinstance(t, Integral) and not isinstance(t, bool) for t in ids
+    ):
+        raise InvalidRequestError(f"{param} must be integer token ids", param)

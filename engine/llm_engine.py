@@ -1,7 +1,7 @@
 """LLMEngine: the synchronous engine. add_request / step / abort; no threads, no I/O.
 
-`step()` is schedule -> run -> postprocess, and returns the text deltas the step produced.
-The trio actor (engine.async_engine) and the offline LLM API both drive this class.
+`step()` is schedule -> run -> update, and returns the text deltas the step produced. The
+trio actor (engine.async_engine) and the offline LLM API both drive this class.
 """
 
 from __future__ import annotations
@@ -10,14 +10,21 @@ import logging
 import time
 
 from triode.engine.config import EngineConfig
+from triode.engine.core.kv_invariants import KVInvariantChecker
 from triode.engine.core.request import Request, RequestStatus
-from triode.engine.core.scheduler import Scheduler, SchedulerStats
+from triode.engine.core.scheduler import (
+    ScheduledRequest,
+    Scheduler,
+    SchedulerOutput,
+    SchedulerStats,
+)
 from triode.engine.errors import InvalidRequestError
 from triode.engine.inputs import EngineInput, ModelInfo, make_engine_input
 from triode.engine.models.loader import resolve_model
 from triode.engine.output_processor import OutputProcessor
-from triode.engine.runner.model_runner import ModelRunner
+from triode.engine.runner.model_runner import ModelRunner, RunnerOutput
 from triode.engine.sampling.sampling_params import SamplingParams
+from triode.engine.step_isolation import StepResult, describe, run_isolating
 from triode.engine.thread_policy import ThreadPolicy
 from triode.streaming.delta import RequestDelta
 
@@ -42,18 +49,25 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(config, self.runner.num_blocks, self.max_model_len)
         self.outputs = OutputProcessor(self.tokenizer)
+        self.vocab_size: int = self.runner.vocab_size
         self.eos_token_id: int | None = self.tokenizer.eos_token_id
-        self._extra_eos_ids = self._generation_eos_ids() - {self.eos_token_id}
+        # Only ids the logits have: they become stop_token_ids, which the sampler indexes.
+        self._extra_eos_ids = {
+            t for t in self._generation_eos_ids() - {self.eos_token_id} if 0 <= t < self.vocab_size
+        }
         eos_ids = self._extra_eos_ids | ({self.eos_token_id} - {None})
         self.model_info = ModelInfo(
             name=self.model_name,
             folder=str(self.model_folder),
             max_model_len=self.max_model_len,
-            vocab_size=self.runner.vocab_size,
+            vocab_size=self.vocab_size,
             eos_token_ids=tuple(sorted(eos_ids)),  # type: ignore[arg-type]
         )
+        # Consecutive steps that failed for a reason no request explains (see `step`); the
+        # async engine declares the engine dead after a few.
         self.num_failed_steps = 0
         self.last_error: str | None = None
+        self.invariant_checker: KVInvariantChecker | None = None
         # Cumulative seconds per phase of `step` outside the runner (for profiling).
         self.step_timings: dict[str, float] = {}
         self.thread_policy = self._make_thread_policy(config)
@@ -78,6 +92,13 @@ class LLMEngine:
         if eos is None:
             return set()
         return set(eos) if isinstance(eos, list) else {eos}
+
+    def enable_invariant_checks(self) -> KVInvariantChecker:
+        """Check the scheduler's and the KV cache's invariants around every step (for tests
+        and debugging: it walks every block each step). A broken invariant raises
+        KVInvariantError out of `step`."""
+        self.invariant_checker = KVInvariantChecker(self.scheduler)
+        return self.invariant_checker
 
     # ---- requests ---------------------------------------------------------------------------
     def add_request(
@@ -122,7 +143,15 @@ class LLMEngine:
     def abort(self, request_ids: list[str]) -> list[RequestDelta]:
         """Abort requests (by the id given to add_request: all their samples). Their blocks go
         back to the pool at once."""
-        return self._finish(self._samples_of(request_ids), RequestStatus.FINISHED_ABORTED)
+        deltas = self._finish(self._samples_of(request_ids), RequestStatus.FINISHED_ABORTED)
+        for delta in deltas:
+            logger.debug(
+                "aborted request %s (sample %d) after %d output tokens",
+                delta.request_id,
+                delta.index,
+                delta.num_output_tokens,
+            )
+        return deltas
 
     def fail(self, request_ids: list[str], message: str) -> list[RequestDelta]:
         deltas = self._finish(self._samples_of(request_ids), RequestStatus.FINISHED_ERROR)
@@ -139,34 +168,96 @@ class LLMEngine:
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self) -> list[RequestDelta]:
+        """One engine step: schedule -> run -> update. Returns the deltas it produced.
+
+        A step that raises fails only the requests that make it raise (step_isolation.py);
+        the others get their tokens as usual. When every request of the step fails, a probe
+        (one token through the model with plain greedy sampling) tells a request's fault from
+        the engine's: only when the probe fails too does the step count toward
+        `num_failed_steps`, the engine's death.
+        """
         if self.thread_policy is not None:
             self.thread_policy.maybe_adjust()
         t0 = time.perf_counter()
         sched = self.scheduler.schedule()
         t1 = time.perf_counter()
-        try:
-            result = self.runner.execute(sched)
-        except Exception as exc:  # a broken step fails its requests, not the engine
-            logger.exception("engine step failed")
-            self.num_failed_steps += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            ids = list({self.scheduler.requests[s.request_id].group_id for s in sched.scheduled})
-            return self.fail(ids, f"internal error while generating: {self.last_error}")
-        self.num_failed_steps = 0
+        if self.invariant_checker is not None:
+            self.invariant_checker.before_runner_call(sched)
+        result = run_isolating(self._execute, sched)
+        deltas = self._settle_faults(sched, result) if result.error is not None else []
         t2 = time.perf_counter()
-        updated, _ = self.scheduler.update_from_output(sched, result.sampled)
+        updated, _ = self.scheduler.update_from_output(sched, result.output.sampled, self.outputs)
         t3 = time.perf_counter()
-        deltas, stopped = self.outputs.process(updated, result.logprobs)
-        if stopped:
-            self.scheduler.finish_requests(
-                [r.request_id for r in stopped], RequestStatus.FINISHED_STOPPED
-            )
+        deltas += self.outputs.make_deltas(updated, result.output.logprobs)
         t4 = time.perf_counter()
+        if self.invariant_checker is not None:
+            self.invariant_checker.check()
         timings = self.step_timings
         timings["schedule"] = timings.get("schedule", 0.0) + (t1 - t0)
         timings["update"] = timings.get("update", 0.0) + (t3 - t2)
         timings["output"] = timings.get("output", 0.0) + (t4 - t3)
         return deltas
+
+    def _execute(self, sched: SchedulerOutput) -> RunnerOutput:
+        """One runner call (a step, or a part of a failed one), recorded by the invariant
+        checker when it is on."""
+        checker = self.invariant_checker
+        if checker is None:
+            return self.runner.execute(sched)
+        try:
+            output = self.runner.execute(sched)
+        except BaseException:
+            checker.after_runner_call(sched, completed=False)
+            raise
+        checker.after_runner_call(sched, completed=True)
+        return output
+
+    def _settle_faults(self, sched: SchedulerOutput, result: StepResult) -> list[RequestDelta]:
+        """Fail the requests whose part of the step raised; decide whose fault it was."""
+        groups = {
+            self.scheduler.requests[rid].group_id: error for rid, error in result.faults.items()
+        }
+        deltas = []
+        for group_id, error in groups.items():
+            deltas += self.fail([group_id], f"internal error while generating: {error}")
+        if len(result.faults) < len(sched.scheduled) or self._probe_succeeds():
+            self.num_failed_steps = 0
+        else:
+            self.num_failed_steps += 1
+            self.last_error = result.error
+        return deltas
+
+    def _probe_succeeds(self) -> bool:
+        """Run one token with plain greedy sampling through the model in a scratch block:
+        does the engine still work when no request's values are involved?"""
+        pool = self.scheduler.kv.pool
+        if not pool.can_get_new_blocks(1):
+            return False
+        (block,) = pool.get_new_blocks(1)
+        probe = SchedulerOutput(
+            scheduled=[
+                ScheduledRequest(
+                    request_id="triode-probe",
+                    token_ids=[0],
+                    start_pos=0,
+                    block_ids=[block.block_id],
+                    sample_ids=["triode-probe"],
+                    sampling_params=SamplingParams(temperature=0, max_tokens=1),
+                    prompt_token_ids=[0],
+                    output_token_ids=[],
+                    eos_token_id=None,
+                )
+            ],
+            num_scheduled_tokens=1,
+        )
+        try:
+            self._execute(probe)
+        except Exception as exc:
+            logger.error("the engine fails with no request involved: %s", describe(exc))
+            return False
+        finally:
+            pool.free_blocks([block])
+        return True
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()

@@ -15,6 +15,7 @@ import heapq
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from triode.engine.config import EngineConfig
 from triode.engine.core.kv_cache_manager import KVCacheManager
@@ -52,6 +53,16 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.scheduled
+
+
+class StopStringChecker(Protocol):
+    """Matches stop strings in a request's text as its tokens arrive (the output processor:
+    the scheduler knows tokens, not text)."""
+
+    def check_stop_strings(self, request: Request, status: RequestStatus | None) -> str | None:
+        """Take the request's new tokens; return the stop string they complete, if any.
+        `status` is the decision from tokens alone (eos, stop token, length), or None."""
+        ...
 
 
 @dataclass(slots=True)
@@ -108,6 +119,14 @@ class Scheduler:
     @property
     def num_waiting(self) -> int:
         return self._num_waiting
+
+    def waiting_requests(self) -> list[Request]:
+        """The waiting and preempted requests, in no particular order."""
+        return [
+            entry[3]
+            for entry in self._waiting
+            if entry[3].status in (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+        ]
 
     @property
     def num_running(self) -> int:
@@ -275,16 +294,24 @@ class Scheduler:
 
     # ---- after the step --------------------------------------------------------------------
     def update_from_output(
-        self, out: SchedulerOutput, sampled: dict[str, int]
+        self,
+        out: SchedulerOutput,
+        sampled: dict[str, int],
+        stop_strings: StopStringChecker | None = None,
     ) -> tuple[list[Request], list[Request]]:
-        """Advance counters, append sampled tokens, fork n>1 requests and finish the ones that
-        hit a stop condition. Returns (requests that got a token, requests that finished).
+        """Advance counters, append sampled tokens, fork n>1 requests, and finish the ones that
+        hit a stop condition: eos, a stop token, the length limit, or (through `stop_strings`)
+        a stop string; one decision per sample, taken here. Returns (requests that got a
+        token, requests that finished).
 
         Called only for a step that completed: this is where the K/V the step wrote becomes
         part of a request's computed tokens, and the only place full blocks enter the
         prefix-cache index. Work that was scheduled but never completed (unscheduled,
         preempted, aborted, or in a failed step) never reaches it, so no block is ever found
-        in the cache before its K/V exists.
+        in the cache before its K/V exists. After a failed runner call (LLMEngine.step), the
+        requests it failed have ended, their blocks back in the pool with nothing registered
+        and their counters untouched, as if the step had not been scheduled; the others come
+        here only once a run of their part has completed.
         """
         updated: list[Request] = []
         finished: list[Request] = []
@@ -304,6 +331,11 @@ class Scheduler:
                 sample.append_output_token(token)
                 updated.append(sample)
                 status = self._check_stop(sample, token)
+                if stop_strings is not None:
+                    matched = stop_strings.check_stop_strings(sample, status)
+                    if matched is not None:
+                        status = RequestStatus.FINISHED_STOPPED
+                        sample.stop_reason = matched
                 if status is not None:
                     self.running.remove(sample)
                     sample.status = status

@@ -18,7 +18,7 @@ from triode.engine.core.scheduler import SchedulerOutput
 from triode.engine.models import load_model
 from triode.engine.models.linear import resolve_cpu_linear
 from triode.engine.runner.attention import AttentionMetadata
-from triode.engine.sampling.sampler import Sampler, SamplingRow
+from triode.engine.sampling.sampler import Sampler, SamplerOutput, SamplingRow
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class ModelRunner:
         if rows:
             idx = torch.tensor(logits_rows, dtype=torch.int64).to(self.device, non_blocking=True)
             logits = self.model.compute_logits(hidden.index_select(0, idx))
-            result = self.sampler(logits, rows)
+            result = self._sample(logits, rows)
             out.sampled = dict(zip(row_ids, result.token_ids))
             if any(lp is not None for lp in result.logprobs):
                 out.logprobs = {
@@ -175,6 +175,21 @@ class ModelRunner:
         timings.num_steps += 1
         timings.num_tokens += len(input_ids)
         return out
+
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        """The sampler, leaving seeded generators as they were if it raises.
+
+        NOTE: the engine runs the rows of a failed step again (engine/step_isolation.py); a
+        seeded sample must then draw what it would have drawn, as if the failed run had not
+        happened (a few microseconds per seeded row and step)."""
+        seeded = [row.generator for row in rows if row.generator is not None]
+        states = [gen.get_state() for gen in seeded]
+        try:
+            return self.sampler(logits, rows)
+        except BaseException:
+            for gen, state in zip(seeded, states):
+                gen.set_state(state)
+            raise
 
     def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         src = torch.tensor([s for s, _ in copies], device=self.device)
