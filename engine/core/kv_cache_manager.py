@@ -167,7 +167,9 @@ class KVCacheManager:
         NOTE: call this only once a step that wrote those blocks' K/V has completed (the
         scheduler does, in `update_from_output`): a block registered earlier could be handed
         to another request, or back to this one after a preemption, before anything was
-        written into it (issue 10's poisoning bug).
+        written into it (issue 10's poisoning bug). Only tokens counted in
+        `num_computed_tokens` are registered, so work that must not be kept (rejected
+        speculative tokens, say) stays out by not being counted.
         """
         if not self.enable_caching:
             return
