@@ -213,34 +213,44 @@ class LLMEngine:
         return output
 
     def _settle_faults(self, sched: SchedulerOutput, result: StepResult) -> list[RequestDelta]:
-        """Fail the requests whose part of the step raised; decide whose fault it was."""
+        """Fail the requests whose part of the step raised; decide whose fault it was.
+
+        NOTE: the probe runs before the faulty requests are failed, in a block one of them was
+        writing this step (never shared, never in the prefix cache, its contents lost anyway):
+        it moves nothing in the pool, so a failed step leaves the pool exactly as if its
+        faulty requests had been failed before running (tests/engine/test_kv_properties.py).
+        """
+        engine_fault = len(result.faults) == len(sched.scheduled) and not self._probe_succeeds(
+            sched
+        )
         groups = {
             self.scheduler.requests[rid].group_id: error for rid, error in result.faults.items()
         }
         deltas = []
         for group_id, error in groups.items():
             deltas += self.fail([group_id], f"internal error while generating: {error}")
-        if len(result.faults) < len(sched.scheduled) or self._probe_succeeds():
-            self.num_failed_steps = 0
-        else:
+        if engine_fault:
             self.num_failed_steps += 1
             self.last_error = result.error
+        else:
+            self.num_failed_steps = 0
         return deltas
 
-    def _probe_succeeds(self) -> bool:
-        """Run one token with plain greedy sampling through the model in a scratch block:
-        does the engine still work when no request's values are involved?"""
-        pool = self.scheduler.kv.pool
-        if not pool.can_get_new_blocks(1):
+    def _probe_succeeds(self, sched: SchedulerOutput) -> bool:
+        """Run one token with plain greedy sampling through the model: does the engine still
+        work when no request's values are involved? (A step with nothing in it that raises
+        is the engine's fault.)"""
+        if not sched.scheduled:
             return False
-        (block,) = pool.get_new_blocks(1)
+        item = sched.scheduled[0]
+        block_id = item.block_ids[item.start_pos // self.config.block_size]
         probe = SchedulerOutput(
             scheduled=[
                 ScheduledRequest(
                     request_id="triode-probe",
                     token_ids=[0],
                     start_pos=0,
-                    block_ids=[block.block_id],
+                    block_ids=[block_id],
                     sample_ids=["triode-probe"],
                     sampling_params=SamplingParams(temperature=0, max_tokens=1),
                     prompt_token_ids=[0],
@@ -255,8 +265,6 @@ class LLMEngine:
         except Exception as exc:
             logger.error("the engine fails with no request involved: %s", describe(exc))
             return False
-        finally:
-            pool.free_blocks([block])
         return True
 
     def stats(self) -> SchedulerStats:
