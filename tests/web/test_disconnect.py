@@ -3,7 +3,9 @@
 Measured on a real server. Each abort is seen where it happens: the engine logs every aborted
 request with its output-token count (logger `triode.engine.llm_engine`, DEBUG), so a test knows
 that *its* request was aborted, rather than finished by itself, and how many tokens the engine
-generated after the client left (/metrics' token counter, read just before leaving).
+generated after the client left (/metrics' token counter, read just before leaving). The server
+here keeps its engine core in the server's process (not a child, as `triode serve` does) so
+that those records reach this test's log capture.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
+from tests.web.conftest import running_server, tiny_engine_config
 from tests.web.helpers import (
     metric,
     open_raw_request,
@@ -27,6 +30,7 @@ from tests.web.helpers import (
     wait_for_metric,
 )
 from triode.streaming.sse import SSEDecoder
+from triode.web.state import ServerConfig
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -36,6 +40,13 @@ LONG = {"prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": True}
 # request that is not aborted generates up to 1000.
 MAX_TOKENS_AFTER_LEAVING = 10
 ENGINE_LOGGER = "triode.engine.llm_engine"
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_folder):
+    """Like the shared tiny server, with the engine core in this process (see above)."""
+    server_config = ServerConfig(port=0, max_ws_connections=256, shutdown_timeout_s=5.0)
+    yield from running_server(tiny_engine_config(tiny_folder), server_config)
 
 
 @pytest.fixture
