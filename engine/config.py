@@ -126,17 +126,3 @@ class EngineConfig:
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-
-    def resolve_attention_backend(self, device: str) -> str:
-        """auto: Triton on CUDA; on the CPU the C decode kernel when it builds (float32 only),
-        else the pure-torch reference."""
-        if self.attention_backend != "auto":
-            return self.attention_backend
-        if device.startswith("cuda"):
-            return "triton"
-        if self.dtype == "float32":
-            from triode.kernels import cpu_decode
-
-            if cpu_decode.is_available():
-                return "cpu"
-        return "torch"

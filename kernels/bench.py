@@ -1,4 +1,4 @@
-"""GPU benchmark of the Triton kernels against the torch reference: `python -m triode.kernels.bench`.
+"""GPU benchmark of the Triton kernels against the planned torch path: `python -m triode.kernels.bench`.
 
 For each shape it times one call of each implementation (triton.testing.do_bench: median over
 repeats, L2 flushed between them) and reports the achieved memory bandwidth â€” bytes of K/V
@@ -6,7 +6,7 @@ context, q, out (and block tables) that a call must move, divided by its time â€
 of the card's peak, and the attention FLOP rate. Decode is memory-bound, so its bandwidth
 fraction is the number to watch; prefill chunks are compute-bound, read their TFLOP/s.
 
-The reference's per-step plan is built outside the timed call: the engine builds it once per
+The torch path's per-step plan is built outside the timed call: the engine builds it once per
 step and reuses it in every layer. On a machine without CUDA this prints a message and exits 0.
 """
 
@@ -117,19 +117,21 @@ def attention_cost(shape: Shape, args: argparse.Namespace, elem: int) -> tuple[i
 def bench_attention(shape: Shape, args: argparse.Namespace, peak: float | None) -> Result:
     import triton.testing
 
-    from triode.kernels import reference, triton_attention
+    from triode.kernels import torch_attention, triton_attention
 
     inputs = make_inputs(shape, args, torch.device("cuda"))
     q, k_cache = inputs[0], inputs[1]
-    plan = reference.build_plan(inputs[4], inputs[5], inputs[3], k_cache)
+    plan = torch_attention.build_plan(inputs[4], inputs[5], inputs[3], k_cache)
     out = triton_attention.paged_attention(*inputs)
-    expected = reference.paged_attention(*inputs, plan=plan)
+    expected = torch_attention.paged_attention(*inputs, plan=plan)
     err = (out.float() - expected.float()).abs().max().item()
     t_ms = triton.testing.do_bench(
         lambda: triton_attention.paged_attention(*inputs), rep=args.rep_ms, return_mode="median"
     )
     r_ms = triton.testing.do_bench(
-        lambda: reference.paged_attention(*inputs, plan=plan), rep=args.rep_ms, return_mode="median"
+        lambda: torch_attention.paged_attention(*inputs, plan=plan),
+        rep=args.rep_ms,
+        return_mode="median",
     )
     nbytes, flops = attention_cost(shape, args, q.element_size())
     return _result("paged_attention", shape.name, t_ms, r_ms, nbytes, flops, peak, err)
@@ -138,7 +140,7 @@ def bench_attention(shape: Shape, args: argparse.Namespace, peak: float | None) 
 def bench_cache_write(num_tokens: int, args: argparse.Namespace, peak: float | None) -> Result:
     import triton.testing
 
-    from triode.kernels import reference, triton_cache
+    from triode.kernels import torch_attention, triton_cache
 
     dtype, device = DTYPES[args.dtype], torch.device("cuda")
     kvh, d, bs = args.num_kv_heads, args.head_dim, args.block_size
@@ -150,7 +152,7 @@ def bench_cache_write(num_tokens: int, args: argparse.Namespace, peak: float | N
     slots = torch.randperm(num_blocks * bs, device=device)[:num_tokens]
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
     triton_cache.write_kv_cache(key, value, k_cache, v_cache, slots)
-    reference.write_kv_cache(key, value, k_ref, v_ref, slots)
+    torch_attention.write_kv_cache(key, value, k_ref, v_ref, slots)
     err = max((k_cache - k_ref).abs().max().item(), (v_cache - v_ref).abs().max().item())
     t_ms = triton.testing.do_bench(
         lambda: triton_cache.write_kv_cache(key, value, k_cache, v_cache, slots),
@@ -158,7 +160,7 @@ def bench_cache_write(num_tokens: int, args: argparse.Namespace, peak: float | N
         return_mode="median",
     )
     r_ms = triton.testing.do_bench(
-        lambda: reference.write_kv_cache(key, value, k_cache, v_cache, slots),
+        lambda: torch_attention.write_kv_cache(key, value, k_cache, v_cache, slots),
         rep=args.rep_ms,
         return_mode="median",
     )

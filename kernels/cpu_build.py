@@ -20,6 +20,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from triode import host
+
 logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "cpu"
@@ -37,8 +39,7 @@ def cpu_signature() -> str:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "triode" / "kernels"
+    return host.cache_dir() / "kernels"
 
 
 def build(source_name: str, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:

@@ -1,79 +1,34 @@
 """The CPU decode kernel (kernels/cpu/paged_decode.c): built with the system C compiler on first
-use, cached, and called through ctypes.
+use (kernels.cpu_build), cached, and called through ctypes.
 
 Backend "cpu" = this kernel for one-token (decode) sequences, which read the paged cache in
-place, plus the torch reference for prompt chunks (where attention is compute-bound and
+place, plus the planned torch path for prompt chunks (where attention is compute-bound and
 torch's flash attention does well). Without a C compiler, `is_available()` is False and the
-engine keeps the pure-torch backend. The library is compiled for the CPU it runs on
-(-march=native); the cache key includes the CPU's flags, so a shared home directory never
-hands one machine another machine's build.
-
-The .so links libgomp by soname; torch has already loaded its own libgomp.so.1, so both share
-one OpenMP runtime and thread pool.
+engine keeps the pure-torch backend.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import shutil
-import subprocess
-import tempfile
 from functools import cache
-from pathlib import Path
 
 import torch
 
-from triode.host import cache_dir
-from triode.kernels.reference import AttentionPlan, build_plan, prefill_attention
+from triode.kernels.cpu_build import build
+from triode.kernels.torch_attention import AttentionPlan, build_plan, prefill_attention
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).parent / "cpu" / "paged_decode.c"
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
-
-
-def _cpu_signature() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        flags = ""
-    return flags + os.uname().machine
-
-
-def _cache_dir() -> Path:
-    return cache_dir() / "kernels"
+_EXTRA_FLAGS = ("-ffast-math",)
 
 
 @cache
 def load_library() -> ctypes.CDLL | None:
     """Compile (once per CPU and source version) and load the kernel; None if impossible."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if compiler is None:
-        logger.info("no C compiler: the CPU decode kernel is off, using pure torch")
+    lib = build("paged_decode.c", _EXTRA_FLAGS)
+    if lib is None:
         return None
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode() + _cpu_signature().encode())
-    target = _cache_dir() / f"paged_decode-{key.hexdigest()[:16]}.so"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        cmd = [compiler, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-            os.replace(tmp, target)
-        except (subprocess.SubprocessError, OSError) as exc:
-            detail = getattr(exc, "stderr", b"") or b""
-            logger.warning(
-                "building the CPU decode kernel failed (%s): %s", exc, detail.decode()[-500:]
-            )
-            Path(tmp).unlink(missing_ok=True)
-            return None
-    lib = ctypes.CDLL(str(target))
     fn = lib.triode_paged_decode_f32
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     fn.argtypes = [
@@ -146,7 +101,7 @@ def paged_attention(
     scale: float,
     plan: AttentionPlan | None = None,
 ) -> torch.Tensor:
-    """Same contract as kernels.reference.paged_attention; decode tokens go through C."""
+    """Same contract as kernels.torch_attention.paged_attention; decode tokens go through C."""
     if plan is None or (plan.decode_token_index is None and plan.decode_groups):
         plan = build_plan(cu_seqlens_q, seq_lens, block_tables, k_cache, fused_decode=True)
     out = torch.empty_like(q)

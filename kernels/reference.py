@@ -1,6 +1,8 @@
-"""Pure-torch paged attention and KV-cache write: the CPU path and the ground truth for Triton.
+"""The definition of paged attention and the KV-cache write, in plain torch: the oracle that
+every kernel (the C decode kernel, the planned torch path, Triton) is tested against. No engine
+path runs it.
 
-Layout (shared with the Triton kernels):
+Layout (shared by every backend):
 - q: [T, H, D], the flat varlen batch of new tokens of S sequences, sequence by sequence.
 - k_cache, v_cache: [num_blocks, block_size, KVH, D].
 - block_tables: [S, max_blocks] int32, logical block -> physical block (padding entries unused).
@@ -9,23 +11,12 @@ Layout (shared with the Triton kernels):
   sit at the end of the context, so new token i of sequence s is at position
   seq_lens[s] - q_len[s] + i and attends causally to positions 0..that position.
 - H is a multiple of KVH (grouped-query attention: query head h reads KV head h // (H // KVH)).
-
-On the CPU the expensive part is reading the cache, so `AttentionPlan` sorts the batch once per
-step (not once per layer): sequences decoding one token are batched together, in groups small
-enough that their gathered K/V stays in the CPU cache; prompt chunks are done one sequence at a
-time with a causal mask offset by their cached context.
+- slot_mapping: [T] flat cache slot (block * block_size + offset) of each new token; -1 = padding.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
-
-# Decode sequences per group: keeps a group's gathered K/V (per layer) within a few MiB.
-_DECODE_GROUP_BYTES = 4 << 20
 
 
 def write_kv_cache(
@@ -35,131 +26,12 @@ def write_kv_cache(
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Store key/value [T, KVH, D] at flat slots (block * block_size + offset); slot -1 = skip."""
-    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
-    slots = slot_mapping.long()
-    if bool((slots < 0).any()):
-        keep = slots >= 0
-        slots, key, value = slots[keep], key[keep], value[keep]
-    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, key.to(k_cache.dtype))
-    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, value.to(v_cache.dtype))
-
-
-@dataclass(slots=True)
-class _DecodeGroup:
-    token_index: torch.Tensor  # [n] long, rows of q / out
-    block_table: torch.Tensor  # [n, num_blocks] long
-    mask: torch.Tensor  # [n, 1, 1, L] bool, True where the key is in context
-    is_contiguous: bool  # token_index is a contiguous range starting at token_start
-    token_start: int
-
-
-@dataclass(slots=True)
-class _PrefillSeq:
-    token_start: int
-    token_end: int
-    context_len: int
-    block_ids: torch.Tensor  # [num_blocks] long
-    mask: torch.Tensor | None  # [q_len, context_len] bool; None means plain causal
-
-
-class AttentionPlan:
-    """The per-step work split of the torch paged attention, reused by every layer."""
-
-    def __init__(
-        self,
-        q_lens: list[int],
-        seq_lens: list[int],
-        block_tables: torch.Tensor,
-        block_size: int,
-        kv_bytes_per_token: int,
-        fused_decode: bool = False,
-    ) -> None:
-        device = block_tables.device
-        tables = block_tables.long()
-        self.num_tokens = sum(q_lens)
-        self.decode_groups: list[_DecodeGroup] = []
-        self.prefills: list[_PrefillSeq] = []
-        # For a fused decode kernel (kernels.cpu_decode): every one-token sequence at once.
-        self.decode_token_index: torch.Tensor | None = None
-        self.decode_seq_index: torch.Tensor | None = None
-        decode_seqs: list[int] = []
-        token_starts: list[int] = []
-        start = 0
-        for s, (q_len, ctx) in enumerate(zip(q_lens, seq_lens)):
-            token_starts.append(start)
-            if q_len == 1:
-                decode_seqs.append(s)
-            elif q_len > 1:
-                nb = -(-ctx // block_size)
-                mask = None
-                if ctx != q_len:
-                    pos_q = torch.arange(ctx - q_len, ctx, device=device)
-                    mask = torch.arange(ctx, device=device)[None, :] <= pos_q[:, None]
-                self.prefills.append(_PrefillSeq(start, start + q_len, ctx, tables[s, :nb], mask))
-            start += q_len
-        if decode_seqs and fused_decode:
-            self.decode_token_index = torch.tensor([token_starts[s] for s in decode_seqs])
-            self.decode_seq_index = torch.tensor(decode_seqs)
-        elif decode_seqs:
-            self._plan_decode(
-                decode_seqs, token_starts, seq_lens, tables, block_size, kv_bytes_per_token
-            )
-
-    def _plan_decode(
-        self,
-        seqs: list[int],
-        token_starts: list[int],
-        seq_lens: list[int],
-        tables: torch.Tensor,
-        block_size: int,
-        kv_bytes_per_token: int,
-    ) -> None:
-        # Sort by length so each group pads little; group by the bytes its K/V gather moves.
-        order = sorted(seqs, key=lambda s: seq_lens[s])
-        device = tables.device
-        i = 0
-        while i < len(order):
-            j = i + 1
-            while j < len(order):
-                padded_len = -(-seq_lens[order[j]] // block_size) * block_size
-                if (j - i + 1) * padded_len * kv_bytes_per_token > _DECODE_GROUP_BYTES:
-                    break
-                j += 1
-            group = order[i:j]
-            max_len = seq_lens[group[-1]]
-            nb = -(-max_len // block_size)
-            lens = torch.tensor([seq_lens[s] for s in group], device=device)
-            mask = torch.arange(nb * block_size, device=device)[None, :] < lens[:, None]
-            tok = [token_starts[s] for s in group]
-            is_contiguous = tok == list(range(tok[0], tok[0] + len(tok)))
-            self.decode_groups.append(
-                _DecodeGroup(
-                    token_index=torch.tensor(tok, device=device),
-                    block_table=tables[group, :nb],
-                    mask=mask[:, None, None, :],
-                    is_contiguous=is_contiguous,
-                    token_start=tok[0],
-                )
-            )
-            i = j
-
-
-def build_plan(
-    cu_seqlens_q: torch.Tensor,
-    seq_lens: torch.Tensor,
-    block_tables: torch.Tensor,
-    k_cache: torch.Tensor,
-    fused_decode: bool = False,
-) -> AttentionPlan:
-    """A plan from the kernel arguments (the engine builds it from host lists instead)."""
-    cu = cu_seqlens_q.tolist()
-    q_lens = [b - a for a, b in itertools.pairwise(cu)]
-    block_size, kvh, d = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
-    kv_bytes_per_token = 2 * kvh * d * k_cache.element_size()
-    return AttentionPlan(
-        q_lens, seq_lens.tolist(), block_tables, block_size, kv_bytes_per_token, fused_decode
-    )
+    """Store key/value [T, KVH, D] at their slots, token by token; slot -1 writes nothing."""
+    block_size = k_cache.shape[1]
+    for token, slot in enumerate(slot_mapping.tolist()):
+        if slot >= 0:
+            k_cache[slot // block_size, slot % block_size] = key[token]
+            v_cache[slot // block_size, slot % block_size] = value[token]
 
 
 def paged_attention(
@@ -170,78 +42,31 @@ def paged_attention(
     cu_seqlens_q: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
-    plan: AttentionPlan | None = None,
 ) -> torch.Tensor:
-    """Causal attention of each sequence's new tokens over its whole paged context: [T, H, D]."""
-    if plan is None:
-        plan = build_plan(cu_seqlens_q, seq_lens, block_tables, k_cache)
+    """Causal attention of each sequence's new tokens over its whole paged context: [T, H, D],
+    one sequence at a time: gather its context, mask, softmax (float32 maths)."""
+    num_heads = q.shape[1]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = num_heads // num_kv_heads
     out = torch.empty_like(q)
-    _decode_groups_attention(out, q, k_cache, v_cache, plan, scale)
-    prefill_attention(out, q, k_cache, v_cache, plan, scale)
+    cu = cu_seqlens_q.tolist()
+    for s, ctx in enumerate(seq_lens.tolist()):
+        start, end = cu[s], cu[s + 1]
+        if end == start:
+            continue
+        positions = torch.arange(ctx, device=q.device)
+        blocks = block_tables[s, positions // block_size].long()
+        k = k_cache[blocks, positions % block_size].float()  # [ctx, KVH, D]
+        v = v_cache[blocks, positions % block_size].float()
+        k = k.repeat_interleave(group, dim=1).transpose(0, 1)  # [H, ctx, D]
+        v = v.repeat_interleave(group, dim=1).transpose(0, 1)
+        qs = q[start:end].float().transpose(0, 1)  # [H, q_len, D]
+        query_pos = torch.arange(ctx - (end - start), ctx, device=q.device)
+        mask = positions[None, :] <= query_pos[:, None]  # [q_len, ctx]
+        scores = (qs @ k.transpose(1, 2)) * scale
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+        out[start:end] = (probs @ v).transpose(0, 1).to(q.dtype)
     return out
-
-
-def _decode_groups_attention(
-    out: torch.Tensor,
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    plan: AttentionPlan,
-    scale: float,
-) -> None:
-    num_heads, head_dim = q.shape[1], q.shape[2]
-    num_kv_heads = k_cache.shape[2]
-    group = num_heads // num_kv_heads
-    for g in plan.decode_groups:
-        n, nb = g.block_table.shape
-        length = nb * k_cache.shape[1]
-        k = k_cache[g.block_table].view(n, length, num_kv_heads, head_dim).transpose(1, 2)
-        v = v_cache[g.block_table].view(n, length, num_kv_heads, head_dim).transpose(1, 2)
-        if g.is_contiguous:
-            qg = q[g.token_start : g.token_start + n]
-        else:
-            qg = q.index_select(0, g.token_index)
-        # One query token: the `group` query heads of a KV head act as its query rows.
-        o = F.scaled_dot_product_attention(
-            qg.view(n, num_kv_heads, group, head_dim).to(k.dtype),
-            k,
-            v,
-            attn_mask=g.mask,
-            scale=scale,
-        )
-        o = o.reshape(n, num_heads, head_dim).to(out.dtype)
-        if g.is_contiguous:
-            out[g.token_start : g.token_start + n] = o
-        else:
-            out.index_copy_(0, g.token_index, o)
-
-
-def prefill_attention(
-    out: torch.Tensor,
-    q: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    plan: AttentionPlan,
-    scale: float,
-) -> None:
-    """Attention of the plan's multi-token sequences (prompt chunks), one at a time."""
-    num_heads, head_dim = q.shape[1], q.shape[2]
-    num_kv_heads = k_cache.shape[2]
-    group = num_heads // num_kv_heads
-    for p in plan.prefills:
-        k = k_cache[p.block_ids].view(-1, num_kv_heads, head_dim)[: p.context_len].transpose(0, 1)
-        v = v_cache[p.block_ids].view(-1, num_kv_heads, head_dim)[: p.context_len].transpose(0, 1)
-        qs = q[p.token_start : p.token_end].transpose(0, 1).to(k.dtype)  # [H, q_len, D]
-        o = F.scaled_dot_product_attention(
-            qs,
-            k,
-            v,
-            attn_mask=p.mask,
-            is_causal=p.mask is None,
-            scale=scale,
-            enable_gqa=group > 1,
-        )
-        out[p.token_start : p.token_end] = o.transpose(0, 1).to(out.dtype)
 
 
 def naive_paged_attention(

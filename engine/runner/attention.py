@@ -1,17 +1,39 @@
-"""AttentionMetadata: everything a layer needs to read and write the paged KV cache this step.
+"""AttentionMetadata: everything a layer needs to read and write the paged KV cache this step,
+and the choice of the attention backend (once, at engine start).
 
-The model runner builds one per step and passes it explicitly to every layer (no global
-context). The CPU backends' work plan is built once here, not once per layer.
+The model runner builds one AttentionMetadata per step and passes it explicitly to every layer
+(no global context). The backend's per-step plan is built here once, not once per layer.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from triode import kernels
-from triode.kernels import AttentionPlan
+from triode.kernels.backends import AttentionBackend, CpuBackend, TorchBackend, make_backend
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_attention_backend(
+    choice: str, device: torch.device, dtype: torch.dtype
+) -> AttentionBackend:
+    """The backend object for `choice` ("auto", "torch", "cpu", "triton"). auto: Triton on
+    CUDA; on the CPU the C decode kernel for float32 caches when it builds, else planned torch.
+    Building the C kernel happens here, at engine start, never when a config is read."""
+    if choice != "auto":
+        return make_backend(choice)
+    if device.type == "cuda":
+        return make_backend("triton")
+    if dtype == torch.float32:
+        try:
+            return CpuBackend()
+        except RuntimeError as exc:
+            logger.info("%s; attention runs in torch", exc)
+    return TorchBackend()
 
 
 @dataclass(slots=True)
@@ -22,8 +44,8 @@ class AttentionMetadata:
     seq_lens: torch.Tensor  # [S] int32, context length including the new tokens
     max_seq_len: int
     max_q_len: int
-    backend: str = "torch"
-    plan: AttentionPlan | None = None
+    backend: AttentionBackend
+    plan: Any = None
 
     @classmethod
     def build(
@@ -35,7 +57,7 @@ class AttentionMetadata:
         block_size: int,
         kv_bytes_per_token: int,
         device: torch.device,
-        backend: str,
+        backend: AttentionBackend,
     ) -> AttentionMetadata:
         max_blocks = max(len(t) for t in block_tables)
         padded = [t + [0] * (max_blocks - len(t)) for t in block_tables]
@@ -52,20 +74,14 @@ class AttentionMetadata:
             max_q_len=max(q_lens),
             backend=backend,
         )
-        if backend in ("torch", "cpu"):
-            meta.plan = AttentionPlan(
-                q_lens,
-                seq_lens,
-                tables.to(device),
-                block_size,
-                kv_bytes_per_token,
-                fused_decode=backend == "cpu",
-            )
         if device.type != "cpu":
             meta.slot_mapping = meta.slot_mapping.to(device, non_blocking=True)
             meta.block_tables = meta.block_tables.to(device, non_blocking=True)
             meta.cu_seqlens_q = meta.cu_seqlens_q.to(device, non_blocking=True)
             meta.seq_lens = meta.seq_lens.to(device, non_blocking=True)
+        meta.plan = backend.plan(
+            q_lens, seq_lens, meta.block_tables, block_size, kv_bytes_per_token
+        )
         return meta
 
     def attend(
@@ -78,8 +94,8 @@ class AttentionMetadata:
         scale: float,
     ) -> torch.Tensor:
         """Store this step's k/v [T, KVH, D] in the cache, then attend q [T, H, D] over it."""
-        kernels.write_kv_cache(k, v, k_cache, v_cache, self.slot_mapping, backend=self.backend)
-        return kernels.paged_attention(
+        self.backend.write_kv_cache(k, v, k_cache, v_cache, self.slot_mapping)
+        return self.backend.paged_attention(
             q,
             k_cache,
             v_cache,
@@ -87,6 +103,5 @@ class AttentionMetadata:
             self.cu_seqlens_q,
             self.seq_lens,
             scale,
-            backend=self.backend,
-            plan=self.plan,
+            self.plan,
         )

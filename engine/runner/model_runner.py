@@ -17,7 +17,7 @@ from triode.engine.config import EngineConfig
 from triode.engine.core.scheduler import SchedulerOutput
 from triode.engine.models import load_model
 from triode.engine.models.linear import resolve_cpu_linear
-from triode.engine.runner.attention import AttentionMetadata
+from triode.engine.runner.attention import AttentionMetadata, resolve_attention_backend
 from triode.engine.sampling.sampler import Sampler, SamplerOutput, SamplingRow
 
 logger = logging.getLogger(__name__)
@@ -47,13 +47,15 @@ class ModelRunner:
         self.config = config
         self.device = torch.device(config.resolve_device())
         self.dtype = _DTYPES[config.dtype]
-        self.backend = config.resolve_attention_backend(self.device.type)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.seed)
 
         self.model, self.hf_config = load_model(folder, self.dtype, self.device)
         self.model.use_onednn(resolve_cpu_linear(config.cpu_linear, self.device, self.dtype))
+        self.attention = resolve_attention_backend(
+            config.attention_backend, self.device, self.dtype
+        )
         cfg = self.model.cfg
         self.block_size = config.block_size
         # Bytes of K+V per token per layer, and per block over all layers.
@@ -77,7 +79,7 @@ class ModelRunner:
             "tokens (%.2f GiB)",
             self.device,
             config.dtype,
-            self.backend,
+            self.attention.name,
             self.model.onednn,
             self.num_blocks,
             self.block_size,
@@ -149,7 +151,14 @@ class ModelRunner:
                         )
                     )
         attn = AttentionMetadata.build(
-            q_lens, seq_lens, tables, slots, bs, self.kv_bytes_per_token, self.device, self.backend
+            q_lens,
+            seq_lens,
+            tables,
+            slots,
+            bs,
+            self.kv_bytes_per_token,
+            self.device,
+            self.attention,
         )
         ids_t = torch.tensor(input_ids, dtype=torch.int64).to(self.device, non_blocking=True)
         pos_t = torch.tensor(positions, dtype=torch.int64).to(self.device, non_blocking=True)

@@ -65,7 +65,7 @@ def test_engine_tokens_match_the_torch_backend(tiny_folder):
     for backend in ("torch", "cpu"):
         llm = LLM(model=str(tiny_folder), attention_backend=backend, num_kv_blocks=64,
                   max_num_batched_tokens=16)  # fmt: skip
-        assert llm.engine.runner.backend == backend
+        assert llm.engine.runner.attention.name == backend
         runs[backend] = [
             o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)
         ]

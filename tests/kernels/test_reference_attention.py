@@ -1,11 +1,12 @@
-"""The torch paged attention (the CPU path) against the plain float64 definition."""
+"""The planned torch paged attention (the CPU path for prompt chunks) and the reference (the
+oracle the other kernels are tested against) against the plain float64 definition."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from triode.kernels import paged_attention, write_kv_cache
+from triode.kernels import paged_attention, reference, write_kv_cache
 from triode.kernels.reference import naive_paged_attention
 
 
@@ -49,14 +50,17 @@ def test_matches_the_definition(q_lens, ctx_lens, heads, block_size):
     got = paged_attention(q, kc, vc, bt, cu, lens, scale)
     want = naive_paged_attention(q, kc, vc, bt, cu, lens, scale)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    oracle = reference.paged_attention(q, kc, vc, bt, cu, lens, scale)
+    torch.testing.assert_close(oracle, want, rtol=1e-4, atol=1e-5)
 
 
-def test_write_kv_cache_uses_slots_and_skips_padding():
+@pytest.mark.parametrize("write", [write_kv_cache, reference.write_kv_cache])
+def test_write_kv_cache_uses_slots_and_skips_padding(write):
     kc = torch.zeros(3, 4, 2, 8)
     vc = torch.zeros(3, 4, 2, 8)
     key = torch.randn(3, 2, 8)
     value = torch.randn(3, 2, 8)
-    write_kv_cache(key, value, kc, vc, torch.tensor([9, -1, 2]))
+    write(key, value, kc, vc, torch.tensor([9, -1, 2]))
     assert torch.equal(kc[2, 1], key[0]) and torch.equal(vc[2, 1], value[0])
     assert torch.equal(kc[0, 2], key[2]) and torch.equal(vc[0, 2], value[2])
     assert int((kc != 0).any(dim=(2, 3)).sum()) == 2  # the padded token wrote nothing

@@ -23,7 +23,7 @@ PROMPTS = [
 
 def greedy_tokens(folder, backend: str, **options) -> list[list[int]]:
     llm = LLM(model=str(folder), attention_backend=backend, **options)
-    assert llm.engine.runner.backend == backend
+    assert llm.engine.runner.attention.name == backend
     params = SamplingParams(temperature=0, max_tokens=8, min_tokens=8)
     outputs = llm.generate([{"prompt_token_ids": p} for p in PROMPTS], params, use_tqdm=False)
     return [o.outputs[0].token_ids for o in outputs]
