@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 DType = Literal["float32", "float16", "bfloat16"]
+Quantization = Literal["auto", "none", "gguf", "int8", "int4", "fp8"]
 AttentionBackend = Literal["auto", "torch", "cpu", "triton"]
 CpuLinear = Literal["auto", "onednn", "torch"]
 DTYPES: tuple[str, ...] = get_args(DType)
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 CPU_LINEAR_CHOICES: tuple[str, ...] = get_args(CpuLinear)
 
@@ -29,7 +31,15 @@ class EngineConfig:
     served_model_name: str | None = None
     """The name clients use in the API's `model` field (default: the folder or file name)."""
     dtype: DType = "float32"
-    """Data type of the weights and the KV cache."""
+    """Data type of activations, the KV cache and float weights (quantized weights keep their
+    own formats)."""
+    quantization: Quantization = "none"
+    """Weights: auto (a .gguf file's own blocks, a float checkpoint's floats), none (a .gguf
+    file de-quantized to --dtype), gguf, int8 and int4 (float weights quantized on load, groups
+    of 32), fp8 (CUDA, Hopper and later)."""
+    quant_direct_max_rows: int | None = None
+    """Quantized linears: steps of up to this many tokens run the quantized kernel, bigger ones
+    a dense bf16 GEMM over de-quantized weights (default: measured per weight shape at start)."""
     device: str = "auto"
     """Where the model runs: auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, ..."""
     seed: int = 0
@@ -83,6 +93,14 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(
+                f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}"
+            )
+        if self.quant_direct_max_rows is not None and self.quant_direct_max_rows < 0:
+            raise ValueError(
+                f"quant_direct_max_rows must be >= 0, got {self.quant_direct_max_rows}"
+            )
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}"
@@ -119,6 +137,14 @@ class EngineConfig:
         if unknown:
             raise TypeError(f"unknown engine option(s): {', '.join(sorted(unknown))}")
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    def resolve_quantization(self, is_gguf: bool) -> str:
+        """The weights' method for a model that is (or is not) a GGUF file."""
+        if self.quantization == "auto":
+            return "gguf" if is_gguf else "none"
+        if self.quantization == "gguf" and not is_gguf:
+            raise ValueError("quantization 'gguf' needs a .gguf model file")
+        return self.quantization
 
     def resolve_device(self) -> str:
         if self.device != "auto":

@@ -11,8 +11,9 @@ in a process of its own behind the actor.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
+from typing import Any
 
 from triode.engine.errors import ContextLengthError, InvalidRequestError
 from triode.engine.sampling.sampling_params import SamplingParams
@@ -27,6 +28,9 @@ class ModelInfo:
     max_model_len: int  # prompt + completion tokens, at most
     vocab_size: int  # valid token ids are [0, vocab_size)
     eos_token_ids: tuple[int, ...]  # ids that end a generation (unless ignore_eos)
+    # What the weights are served as (engine.quant.info.WeightsInfo.as_dict: quantization,
+    # dtype, bytes, formats), for /v1/models.
+    weights: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -62,6 +62,7 @@ class LLMEngine:
             max_model_len=self.max_model_len,
             vocab_size=self.vocab_size,
             eos_token_ids=tuple(sorted(eos_ids)),  # type: ignore[arg-type]
+            weights=self.runner.weights_info.as_dict(),
         )
         # Consecutive steps that failed for a reason no request explains (see `step`); the
         # async engine declares the engine dead after a few.

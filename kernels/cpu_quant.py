@@ -136,6 +136,29 @@ def _weight_args(w: QuantWeight) -> tuple:
     )
 
 
+class PreparedMatmul:
+    """The kernel call for one weight with its arguments converted once (a decode step calls
+    every linear once per layer: per-call Python work is worth trimming)."""
+
+    __slots__ = ("_args", "_fn", "in_features", "out_features")
+
+    def __init__(self, w: QuantWeight) -> None:
+        lib = load_library()
+        if lib is None:
+            raise RuntimeError("the CPU quantized matmul is not available (no C compiler?)")
+        self._fn = lib.triode_quant_matmul
+        self._args = _weight_args(w)
+        self.in_features, self.out_features = w.in_features, w.out_features
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """out[:, :N] = x @ W^T; x float32 [M, K] with unit column stride, out float32 rows."""
+        rc = self._fn(
+            x.data_ptr(), x.stride(0), x.shape[0], *self._args, out.data_ptr(), out.stride(0)
+        )
+        if rc != 0:
+            raise RuntimeError(f"quantized matmul failed (code {rc})")
+
+
 def quant_matmul(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, K] float32 @ W^T -> [M, N] float32."""
     lib = load_library()

@@ -69,6 +69,7 @@ def model_card(info: ModelInfo, created: int) -> dict[str, Any]:
         "owned_by": "triode",
         "root": info.folder,
         "max_model_len": info.max_model_len,
+        "weights": info.weights,  # triode's: quantization, dtype, bytes, formats
     }
 
 

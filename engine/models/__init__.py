@@ -16,10 +16,17 @@ LLAMA_ARCHITECTURES = {
     "Qwen2ForCausalLM",
 }
 
-__all__ = ["LLAMA_ARCHITECTURES", "LlamaConfig", "LlamaForCausalLM", "load_model"]
+__all__ = [
+    "LLAMA_ARCHITECTURES",
+    "LlamaConfig",
+    "LlamaForCausalLM",
+    "check_architecture",
+    "load_model",
+    "read_safetensors",
+]
 
 
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     index = folder / "model.safetensors.index.json"
@@ -35,6 +42,14 @@ def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def check_architecture(hf_config) -> None:
+    archs = set(getattr(hf_config, "architectures", None) or [])
+    if not archs & LLAMA_ARCHITECTURES:
+        raise ValueError(
+            f"unsupported architecture {sorted(archs)}; supported: {sorted(LLAMA_ARCHITECTURES)}"
+        )
+
+
 def load_model(
     folder: Path, dtype: torch.dtype, device: torch.device, max_positions: int | None = None
 ):
@@ -45,11 +60,7 @@ def load_model(
     from transformers import AutoConfig
 
     hf_config = AutoConfig.from_pretrained(str(folder))
-    archs = set(getattr(hf_config, "architectures", None) or [])
-    if not archs & LLAMA_ARCHITECTURES:
-        raise ValueError(
-            f"unsupported architecture {sorted(archs)}; supported: {sorted(LLAMA_ARCHITECTURES)}"
-        )
+    check_architecture(hf_config)
     cfg = LlamaConfig.from_hf(hf_config)
     positions = max_positions or cfg.max_position_embeddings
     cos, sin = rope_tables(hf_config, cfg.head_dim, positions)
@@ -58,5 +69,5 @@ def load_model(
     model = model.to_empty(device="cpu")
     model.rope_cos.copy_(cos)
     model.rope_sin.copy_(sin)
-    model.load_hf_state_dict(_read_safetensors(folder))
+    model.load_hf_state_dict(read_safetensors(folder))
     return model.to(device=device, dtype=dtype).eval(), hf_config

@@ -175,8 +175,9 @@ class LlamaForCausalLM(nn.Module):
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return linear(hidden, weight, None, self.onednn).float()
+        if self.lm_head is None:  # tied to the (float) embedding
+            return linear(hidden, self.embed_tokens.weight, None, self.onednn).float()
+        return self.lm_head(hidden).float()
 
     def use_onednn(self, enabled: bool) -> None:
         """Route every matmul (layers and LM head) through oneDNN on the CPU."""

@@ -73,6 +73,15 @@ def resolve_model(model: str | None, cache_dir: str | None = None) -> ModelFiles
     )
 
 
+def gguf_source(folder: Path) -> Path | None:
+    """The GGUF file a converted folder was made from, if it was and the file is still there."""
+    marker = folder / "triode_source.json"
+    if not marker.is_file():
+        return None
+    path = Path(json.loads(marker.read_text()).get("gguf", ""))
+    return path if path.is_file() else None
+
+
 def _gguf_cache_key(path: Path) -> str:
     stat = path.stat()
     ident = f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"

@@ -17,6 +17,8 @@ from triode.engine.config import EngineConfig
 from triode.engine.core.scheduler import SchedulerOutput
 from triode.engine.models import load_model
 from triode.engine.models.linear import resolve_cpu_linear
+from triode.engine.models.loader import gguf_source
+from triode.engine.quant.info import WeightsInfo, describe
 from triode.engine.runner.attention import AttentionMetadata, resolve_attention_backend
 from triode.engine.sampling.sampler import Sampler, SamplerOutput, SamplingRow
 
@@ -51,8 +53,7 @@ class ModelRunner:
             torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.seed)
 
-        self.model, self.hf_config = load_model(folder, self.dtype, self.device)
-        self.model.use_onednn(resolve_cpu_linear(config.cpu_linear, self.device, self.dtype))
+        self.weights_info = self._load_weights(config, folder)
         self.attention = resolve_attention_backend(
             config.attention_backend, self.device, self.dtype
         )
@@ -74,6 +75,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator] = {}
         self.timings = StepTimings()
+        logger.info(self.weights_info.summary())
         logger.info(
             "model on %s (%s, attention: %s, oneDNN linears: %s); KV cache: %d blocks of %d "
             "tokens (%.2f GiB)",
@@ -85,6 +87,37 @@ class ModelRunner:
             self.block_size,
             self.num_blocks * block_bytes / (1 << 30),
         )
+
+    def _load_weights(self, config: EngineConfig, folder: Path) -> WeightsInfo:
+        """Load the model as `config.quantization` says; returns what is being served."""
+        gguf = gguf_source(folder)
+        method = config.resolve_quantization(gguf is not None)
+        if method == "none":
+            self.model, self.hf_config = load_model(folder, self.dtype, self.device)
+            self.model.use_onednn(resolve_cpu_linear(config.cpu_linear, self.device, self.dtype))
+            return describe(self.model, method, config.dtype)
+        if self.device.type == "cuda":
+            from triode.engine.quant.cuda import load_cuda_quantized_model
+
+            self.model, self.hf_config, info = load_cuda_quantized_model(
+                folder, gguf, method, self.dtype, self.device
+            )
+            return info
+        if method == "fp8":
+            raise ValueError("quantization 'fp8' needs a CUDA GPU (Hopper or later)")
+        from triode.engine.quant.calibrate import calibrate
+        from triode.engine.quant.model import load_quantized_model
+        from triode.kernels import cpu_quant
+
+        if not cpu_quant.is_available():
+            raise ValueError(
+                f"quantization {method!r} needs a C compiler for its CPU kernels; "
+                "use --quantization none"
+            )
+        self.model, self.hf_config, info = load_quantized_model(folder, gguf, method, self.dtype)
+        self.model.use_onednn(resolve_cpu_linear(config.cpu_linear, self.device, self.dtype))
+        calibrate(self.model, config.quant_direct_max_rows)
+        return info
 
     @property
     def max_position_embeddings(self) -> int:

@@ -111,6 +111,17 @@ def test_chunked_prefill_and_preemption_match_transformers(prompts, reference):
     assert llm.engine.scheduler.kv.num_free_blocks == 48
 
 
+def test_gguf_weights_as_they_are_match_transformers(prompts, reference):
+    """The file's quantized weights through the direct kernel (float32 activations) give
+    transformers' tokens on the same file's de-quantized weights."""
+    llm = LLM(kv_cache_memory_gib=0.25, quantization="gguf", quant_direct_max_rows=4096)
+    assert llm.engine.runner.weights_info.method == "gguf"
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    verdicts = [assert_agrees(o.outputs[0].token_ids, *ref) for o, ref in zip(outs, reference)]
+    assert verdicts.count("equal") >= len(prompts) - 1, verdicts
+
+
 def test_text_matches_the_full_decode(tokenizer, prompts):
     llm = LLM(kv_cache_memory_gib=0.25)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS)

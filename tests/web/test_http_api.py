@@ -21,6 +21,11 @@ async def test_models_health_and_metrics(client):
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["tiny"]
     assert models["data"][0]["max_model_len"] == 1024
+    weights = models["data"][0]["weights"]  # what is served: a float32 tiny model here
+    assert weights["quantization"] == "none" and weights["dtype"] == "float32"
+    assert weights["weight_bytes"] > 0 and weights["formats"] == {
+        "float32": weights["formats"]["float32"]
+    }
 
     health = await client.get("/health")
     assert health.status_code == 200 and health.json() == {"status": "ok"}

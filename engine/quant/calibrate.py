@@ -1,0 +1,84 @@
+"""Choose, per weight shape, up to how many rows the direct quantized kernel beats the dense
+bf16 path, by timing both at engine start on this machine.
+
+NOTE: the crossover depends on the CPU far more than on the model: with AMX (Sapphire Rapids
+and later) a bf16 GEMM is several times faster than AVX512 float32 FMAs from about 8 rows on;
+with AVX512-BF16 only (AMD Zen 4/5) the dense path wins later; without either it may never win.
+Measuring the real shapes once (well under a second for a small model) is more robust than a
+table of CPU models. Every linear of a shape is timed in turn, as a forward pass streams them,
+so the weights come from memory as they do when serving, and the best of a few repetitions is
+kept, so a busy neighbour does not pick the switch-over.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from triode.engine.quant.linear import QuantLinear
+
+logger = logging.getLogger(__name__)
+
+ROW_COUNTS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+_REPEATS = 3
+
+
+def _best_time(fn, repeats: int = _REPEATS) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.inference_mode()
+def calibrate(model: nn.Module, fixed_rows: int | None = None) -> dict[tuple, int]:
+    """Set `max_direct_rows` on every QuantLinear of `model`; returns it per shape key.
+
+    `fixed_rows` skips the measurement (tests, and users who know their machine).
+    """
+    groups: dict[tuple, list[QuantLinear]] = defaultdict(list)
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            groups[module.shape_key].append(module)
+    chosen: dict[tuple, int] = {}
+    for key, members in groups.items():
+        rows = fixed_rows if fixed_rows is not None else _crossover(members)
+        for module in members:
+            module.max_direct_rows = rows
+        chosen[key] = rows
+    if fixed_rows is None and chosen:
+        logger.info(
+            "quantized kernels: direct up to %s rows (per shape), dense bf16 above",
+            sorted({(m[0].in_features, m[0].out_features, chosen[k]) for k, m in groups.items()}),
+        )
+    return chosen
+
+
+def _crossover(members: list[QuantLinear]) -> int:
+    """The largest row count before the direct kernel loses twice in a row (one loss can be
+    noise). One row always goes direct: it reads a quarter to an eighth of the bytes."""
+    k = members[0].in_features
+    warm = torch.randn(1, k)
+    members[0].forward_direct(warm)
+    members[0].forward_dense(warm)
+    best = 1
+    losses = 0
+    for rows in ROW_COUNTS[1:]:
+        x = torch.randn(rows, k)
+        direct = dense = float("inf")
+        for _ in range(_REPEATS):  # interleaved, so a burst of load hits both alike
+            direct = min(direct, _best_time(lambda x=x: [m.forward_direct(x) for m in members], 1))
+            dense = min(dense, _best_time(lambda x=x: [m.forward_dense(x) for m in members], 1))
+        if direct <= dense:
+            best, losses = rows, 0
+        else:
+            losses += 1
+            if losses == 2:
+                break
+    return best

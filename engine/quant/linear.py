@@ -1,0 +1,183 @@
+"""Linear layers and the embedding over quantized weights (CPU), with the kernel chosen per call.
+
+A step that carries few rows (decode of a few sequences) runs the quantized matmul directly: it
+reads each weight once as 4 or 8 bits and keeps float32 activations. A step with many rows
+(prompt chunks, big decode batches) is compute-bound instead: the weights are de-quantized into
+a reusable bf16 scratch matrix and multiplied by a dense bf16 GEMM (oneDNN; AMX or AVX512-BF16
+where the CPU has them), whose output comes back as float32. The switch-over row count is
+measured per weight shape at engine start (engine.quant.calibrate), not guessed.
+
+One output may be made of several parts (q/k/v fused, gate/up fused) in different formats, as
+GGUF files mix them (e.g. Q4_K q/k and Q6_K v, or a float tensor beside quantized ones): each
+part writes its own columns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from triode.engine.quant.info import WeightSummary, summarise
+from triode.kernels.cpu_quant import PreparedMatmul, QuantWeight, dequantize_bf16, rows
+
+Part = QuantWeight | torch.Tensor  # a float part is a plain [N, K] matrix
+
+# Most columns de-quantized at once on the dense path (bounds the scratch: 8192 x K bf16).
+MAX_SCRATCH_COLUMNS = 8192
+
+
+class Scratch:
+    """One bf16 buffer shared by every quantized linear of a model (they run one at a time)."""
+
+    def __init__(self) -> None:
+        self._buffer = torch.empty(0, dtype=torch.bfloat16)
+
+    def get(self, rows: int, cols: int) -> torch.Tensor:
+        if self._buffer.numel() < rows * cols:
+            self._buffer = torch.empty(rows * cols, dtype=torch.bfloat16)
+        return self._buffer[: rows * cols].view(rows, cols)
+
+    @property
+    def nbytes(self) -> int:
+        return self._buffer.numel() * 2
+
+
+class QuantLinear(nn.Module):
+    """y = x W^T (+ bias) with W held as quantized parts stacked along the outputs."""
+
+    def __init__(self, parts: list[Part], bias: torch.Tensor | None, scratch: Scratch) -> None:
+        super().__init__()
+        in_features = {_in_features(p) for p in parts}
+        if len(in_features) != 1:
+            raise ValueError("all parts of a fused linear must take the same inputs")
+        self.parts = parts
+        self.in_features = in_features.pop()
+        widths = [_out_features(p) for p in parts]
+        self.out_features = sum(widths)
+        self.starts = [sum(widths[:i]) for i in range(len(parts))]
+        self.register_buffer("bias", bias, persistent=False)
+        self.scratch = scratch
+        # Rows up to which the direct quantized kernel is used (set by calibration).
+        self.max_direct_rows = 8
+        self._chunks = _column_chunks(parts, self.starts, MAX_SCRATCH_COLUMNS)
+        self._direct = [
+            (PreparedMatmul(p) if isinstance(p, QuantWeight) else p, start)
+            for p, start in zip(parts, self.starts)
+        ]
+
+    def weight_summaries(self) -> list[WeightSummary]:
+        bias = [] if self.bias is None else [self.bias]
+        return [summarise(p) for p in [*self.parts, *bias]]
+
+    @property
+    def shape_key(self) -> tuple:
+        """Linears with equal keys cost the same (one calibration covers them all)."""
+        return (self.in_features, tuple(_part_key(p) for p in self.parts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] <= self.max_direct_rows:
+            out = self.forward_direct(x)
+        else:
+            out = self.forward_dense(x)
+        if self.bias is not None:
+            out += self.bias
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+    def forward_direct(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized kernel: float32 activations, weights read once per call."""
+        x32 = x if x.dtype == torch.float32 else x.float()
+        if x32.stride(1) != 1:
+            x32 = x32.contiguous()
+        assert x32.dim() == 2 and x32.shape[1] == self.in_features, x32.shape
+        out = torch.empty(x.shape[0], self.out_features)
+        if len(self._direct) == 1 and isinstance(self._direct[0][0], PreparedMatmul):
+            self._direct[0][0](x32, out)
+            return out
+        for part, start in self._direct:
+            if isinstance(part, PreparedMatmul):
+                part(x32, out[:, start : start + part.out_features])
+            else:
+                out[:, start : start + part.shape[0]] = x32 @ part.t()
+        return out
+
+    def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """De-quantize (chunk by chunk of columns) into bf16 and run a dense bf16 GEMM."""
+        xb = x.to(torch.bfloat16)
+        if len(self._chunks) == 1:
+            buffer = self.scratch.get(self.in_features, self.out_features)
+            _fill(buffer, self._chunks[0][2], 0)
+            return torch.mm(xb, buffer).float()
+        out = torch.empty(x.shape[0], self.out_features)
+        for c0, c1, pieces in self._chunks:
+            buffer = self.scratch.get(self.in_features, c1 - c0)
+            _fill(buffer, pieces, c0)
+            out[:, c0:c1] = torch.mm(xb, buffer)
+        return out
+
+
+def _fill(buffer: torch.Tensor, pieces: list[tuple[Part, int, int, int]], c0: int) -> None:
+    """Write the pieces' columns of W^T as bf16 into `buffer` (its column 0 = output c0)."""
+    for part, p0, p1, col in pieces:
+        target = buffer[:, col - c0 : col - c0 + p1 - p0]
+        if isinstance(part, QuantWeight):
+            dequantize_bf16(part, target, p0, p1)
+        else:
+            target.copy_(part[p0:p1].t())
+
+
+def _in_features(part: Part) -> int:
+    return part.in_features if isinstance(part, QuantWeight) else part.shape[1]
+
+
+def _out_features(part: Part) -> int:
+    return part.out_features if isinstance(part, QuantWeight) else part.shape[0]
+
+
+def _part_key(part: Part) -> tuple:
+    if isinstance(part, QuantWeight):
+        return (part.out_features, part.bits, part.group_size, part.offsets is not None)
+    return (part.shape[0], str(part.dtype))
+
+
+def _column_chunks(
+    parts: list[Part], starts: list[int], max_columns: int
+) -> list[tuple[int, int, list[tuple[Part, int, int, int]]]]:
+    """Split the output columns into chunks of at most `max_columns` (multiples of 64 inside a
+    part, since a de-quantization range starts on a 64-column block): (chunk start, chunk end,
+    [(part, part column start, part column end, output column)])."""
+    chunks: list[tuple[int, int, list[tuple[Part, int, int, int]]]] = []
+    current: list[tuple[Part, int, int, int]] = []
+    c0 = width = 0
+    for part, start in zip(parts, starts):
+        p0 = 0
+        width_of_part = _out_features(part)
+        while p0 < width_of_part:
+            room = max_columns - width
+            remaining = width_of_part - p0
+            take = remaining if remaining <= room else room - room % 64
+            if take == 0:
+                chunks.append((c0, c0 + width, current))
+                current, c0, width = [], start + p0, 0
+                continue
+            current.append((part, p0, p0 + take, start + p0))
+            width += take
+            p0 += take
+    chunks.append((c0, c0 + width, current))
+    return chunks
+
+
+class QuantEmbedding(nn.Module):
+    """Token embedding rows gathered from a quantized matrix (exact float32 values)."""
+
+    def __init__(self, weight: QuantWeight) -> None:
+        super().__init__()
+        self.weight_q = weight
+        self.num_embeddings = weight.out_features
+        self.embedding_dim = weight.in_features
+        self.out_dtype = torch.float32
+
+    def weight_summaries(self) -> list[WeightSummary]:
+        return [summarise(self.weight_q)]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return rows(self.weight_q, ids).to(self.out_dtype)

@@ -1,0 +1,104 @@
+"""QuantLinear: both kernels (direct quantized, de-quantized dense bf16) compute x W^T for
+outputs made of parts in different formats (and float parts), split into scratch-sized column
+chunks; the kernel is chosen per call by the number of rows; calibration sets the switch-over."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import triode.engine.quant.linear as quant_linear
+from triode.engine.quant.calibrate import calibrate
+from triode.engine.quant.linear import QuantLinear, Scratch
+from triode.engine.quant.onthefly import quantize_int4, quantize_int8
+from triode.kernels import cpu_quant
+
+pytestmark = pytest.mark.skipif(not cpu_quant.is_available(), reason="no C compiler")
+
+K = 96
+
+
+def parts_and_dense():
+    torch.manual_seed(0)
+    floats = [torch.randn(n, K) * 0.1 for n in (128, 100, 70)]
+    parts = [quantize_int4(floats[0]), quantize_int8(floats[1]), floats[2]]  # last: float part
+    dense = torch.cat(
+        [
+            cpu_quant.dequantize_reference(parts[0]),
+            cpu_quant.dequantize_reference(parts[1]),
+            floats[2],
+        ]
+    )
+    return parts, dense
+
+
+@pytest.mark.parametrize("max_columns", [8192, 128, 64])
+@pytest.mark.parametrize("rows", [1, 5, 33])
+def test_both_kernels_compute_the_product(monkeypatch, max_columns, rows):
+    monkeypatch.setattr(quant_linear, "MAX_SCRATCH_COLUMNS", max_columns)
+    parts, dense = parts_and_dense()
+    bias = torch.randn(dense.shape[0])
+    layer = QuantLinear(parts, bias, Scratch())
+    assert len(layer._chunks) == {8192: 1, 128: 3, 64: 6}[max_columns]
+    x = torch.randn(rows, K)
+    want = x.double() @ dense.double().t() + bias.double()
+    direct = layer.forward_direct(x) + bias
+    torch.testing.assert_close(direct.double(), want, rtol=1e-5, atol=1e-5)
+    dense_path = layer.forward_dense(x) + bias  # bf16 inputs and weights: ~3 significant digits
+    torch.testing.assert_close(dense_path.double(), want, rtol=2e-2, atol=2e-2)
+
+
+def test_kernel_is_chosen_by_rows():
+    parts, _ = parts_and_dense()
+    layer = QuantLinear(parts, None, Scratch())
+    layer.max_direct_rows = 3
+    small, big = torch.randn(3, K), torch.randn(4, K)
+    assert torch.equal(layer(small), layer.forward_direct(small))
+    assert torch.equal(layer(big), layer.forward_dense(big))
+    assert not torch.equal(layer(big), layer.forward_direct(big))  # the paths do differ
+    assert layer(small.bfloat16()).dtype == torch.bfloat16
+
+
+def test_calibration_sets_every_linear_of_a_shape():
+    parts, _ = parts_and_dense()
+    model = torch.nn.ModuleList([QuantLinear(parts, None, Scratch()) for _ in range(3)])
+    model.append(QuantLinear([quantize_int8(torch.randn(64, K))], None, Scratch()))
+    chosen = calibrate(model, fixed_rows=5)
+    assert set(chosen.values()) == {5} and len(chosen) == 2
+    assert all(m.max_direct_rows == 5 for m in model)
+    measured = calibrate(model)
+    assert all(rows >= 1 for rows in measured.values())
+    assert [m.max_direct_rows for m in model[:3]] == [measured[model[0].shape_key]] * 3
+
+
+def test_int4_and_int8_quantizers_round_to_nearest():
+    w = torch.randn(64, 64)
+    groups = w.view(64, 2, 32)
+    q8 = cpu_quant.dequantize_reference(quantize_int8(w)).view(64, 2, 32)
+    step8 = groups.abs().amax(-1) / 127  # the coarser of the two schemes' steps
+    assert ((q8 - groups).abs() <= step8[..., None] / 2 + 1e-6).all()
+    q4 = cpu_quant.dequantize_reference(quantize_int4(w)).view(64, 2, 32)
+    step4 = (groups.amax(-1) - groups.amin(-1)) / 15
+    assert ((q4 - groups).abs() <= step4[..., None] / 2 + 1e-6).all()
+    # Input sizes that are not whole groups of 32 fall back to int8, one group per row.
+    fallback = quantize_int4(torch.randn(8, 48))
+    assert (fallback.bits, fallback.group_size) == (8, 48)
+
+
+def test_int8_keeps_4_and_8_bit_grids_exactly():
+    """Weights that already sit on a Q4_1-like grid (d * q + m) or a Q8_0-like one (d * q)
+    survive int8 re-quantization unchanged: the asymmetric, resp. symmetric, scheme is kept."""
+    g = torch.Generator().manual_seed(1)
+    d = torch.rand(16, 2, 1, generator=g) * 0.01 + 0.001
+    q4 = torch.randint(0, 16, (16, 2, 32), generator=g)
+    q4[..., 0], q4[..., 1] = 0, 15  # every group spans its grid
+    grid4 = (d * q4 - 8 * d).view(16, 64)
+    packed4 = quantize_int8(grid4)
+    assert packed4.offsets is not None
+    torch.testing.assert_close(cpu_quant.dequantize_reference(packed4), grid4, rtol=0, atol=1e-7)
+    q8 = torch.randint(-127, 128, (16, 2, 32), generator=g)
+    q8[..., 0] = 127
+    grid8 = (d * q8).view(16, 64)
+    packed8 = quantize_int8(grid8)
+    assert packed8.offsets is None
+    torch.testing.assert_close(cpu_quant.dequantize_reference(packed8), grid8, rtol=0, atol=1e-7)
