@@ -163,7 +163,12 @@ class AsyncEngine:
                     self._core = await trio.to_thread.run_sync(LLMEngine, self.config)
                 info, tokenizer = self._core.model_info, self._core.tokenizer
             self._input_processor = await trio.to_thread.run_sync(
-                InputProcessor, info, self.config.num_input_workers, tokenizer
+                InputProcessor,
+                info,
+                self.config.num_input_workers,
+                tokenizer,
+                # The engine's compile cache when it runs here; a child process compiles anew.
+                self._core.structured.compiler if self._core is not None else None,
             )
         except BaseException as exc:
             if process is not None:

@@ -22,7 +22,10 @@ import trio
 
 from triode.engine.errors import ContextLengthError, InvalidRequestError
 from triode.engine.inputs import EngineInput, ModelInfo, make_engine_input
+from triode.engine.sampling.logit_controls import resolve_bad_words
 from triode.engine.sampling.sampling_params import SamplingParams
+from triode.engine.sampling.structured_outputs import StructuredOutputsParams
+from triode.engine.structured.compiler import GrammarCompiler
 
 T = TypeVar("T")
 
@@ -91,12 +94,17 @@ def render_chat(
 
 
 class Preprocessor:
-    """One worker's tools: a private tokenizer and the model description. Synchronous; never
-    share one between threads."""
+    """One worker's tools: a private tokenizer, the model description and the (shared,
+    thread-safe) grammar compiler. Synchronous; never share one between threads."""
 
-    def __init__(self, info: ModelInfo, tokenizer: Any) -> None:
+    def __init__(
+        self, info: ModelInfo, tokenizer: Any, compiler: GrammarCompiler | None = None
+    ) -> None:
         self.info = info
         self.tokenizer = tokenizer
+        self.compiler = compiler or GrammarCompiler(
+            tokenizer, info.vocab_size, list(info.eos_token_ids)
+        )
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a prompt text; ContextLengthError if it cannot fit the context."""
@@ -125,11 +133,21 @@ class Preprocessor:
         """Ids the tokenizer can decode: [0, this). May differ from the model's vocab_size."""
         return len(self.tokenizer)
 
+    def compile_structured(self, spec: StructuredOutputsParams, param: str) -> None:
+        """Compile a constraint (or find it cached); InvalidRequestError names `param`. The
+        engine's step later takes the compiled matcher from the same cache."""
+        self.compiler.compile(spec, param)
+
     def make_input(
         self, prompt_token_ids: list[int], params: SamplingParams, priority: int = 0
     ) -> EngineInput:
-        """The one check of a prompt against the model (see `make_engine_input`)."""
-        return make_engine_input(self.info, prompt_token_ids, params, priority)
+        """The one check of a prompt against the model (see `make_engine_input`); bad words
+        become token ids and a constraint is compiled here, off the event loop."""
+        params = resolve_bad_words(self.tokenizer, params)
+        engine_input = make_engine_input(self.info, prompt_token_ids, params, priority)
+        if params.structured_outputs is not None:
+            self.compile_structured(params.structured_outputs, "structured_outputs")
+        return engine_input
 
 
 class InputProcessor:
@@ -139,13 +157,27 @@ class InputProcessor:
     serves `token_text`, the only tokenizer call made on the event loop (one id, memoised).
     """
 
-    def __init__(self, info: ModelInfo, num_workers: int = 2, tokenizer: Any | None = None) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        num_workers: int = 2,
+        tokenizer: Any | None = None,
+        compiler: GrammarCompiler | None = None,
+    ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         first = tokenizer if tokenizer is not None else load_tokenizer(info.folder)
+        # NOTE: the engine's compiler when it runs in this process, so that what the workers
+        # compile to validate a request is what the step finds in the cache.
+        compiler = compiler or GrammarCompiler(
+            copy.deepcopy(first), info.vocab_size, list(info.eos_token_ids)
+        )
+        self.compiler = compiler
         # NOTE: copies, not the caller's instance: the engine's own tokenizer is used by its
         # step thread, and no two threads may use one instance.
-        self._idle = [Preprocessor(info, copy.deepcopy(first)) for _ in range(num_workers)]
+        self._idle = [
+            Preprocessor(info, copy.deepcopy(first), compiler) for _ in range(num_workers)
+        ]
         self._loop_tokenizer = copy.deepcopy(first)
         self._limiter = trio.CapacityLimiter(num_workers)
         self._token_texts: dict[int, str] = {}

@@ -80,8 +80,15 @@ def make_engine_input(
     _check_ids(prompt_token_ids, "prompt")
     if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= vocab:
         raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
-    if params.stop_token_ids and max(params.stop_token_ids) >= vocab:
-        raise InvalidRequestError(f"stop_token_ids must be in [0, {vocab})", "stop_token_ids")
+    # stop_token_ids, logit_bias keys, allowed_token_ids, bad words' tokens: all index tensors.
+    for name, ids in params.token_ids_to_check().items():
+        if max(ids) >= vocab:
+            bad = next(t for t in ids if t >= vocab)
+            raise InvalidRequestError(
+                f"{name}: token id {bad} is out of range; the vocabulary has {vocab} tokens "
+                f"(ids 0 to {vocab - 1})",
+                name,
+            )
     return EngineInput(prompt_token_ids, params, max_tokens, priority)
 
 

@@ -23,8 +23,11 @@ from triode.engine.inputs import EngineInput, ModelInfo, make_engine_input
 from triode.engine.models.loader import resolve_model
 from triode.engine.output_processor import OutputProcessor
 from triode.engine.runner.model_runner import ModelRunner, RunnerOutput
+from triode.engine.sampling.logit_controls import resolve_bad_words
 from triode.engine.sampling.sampling_params import SamplingParams
 from triode.engine.step_isolation import StepResult, describe, run_isolating
+from triode.engine.structured.compiler import GrammarCompiler
+from triode.engine.structured.manager import StepMasks, StructuredOutputManager
 from triode.engine.thread_policy import ThreadPolicy
 from triode.streaming.delta import RequestDelta
 
@@ -63,6 +66,9 @@ class LLMEngine:
             vocab_size=self.vocab_size,
             eos_token_ids=tuple(sorted(eos_ids)),  # type: ignore[arg-type]
             weights=self.runner.weights_info.as_dict(),
+        )
+        self.structured = StructuredOutputManager(
+            GrammarCompiler(self.tokenizer, self.vocab_size, list(self.model_info.eos_token_ids))
         )
         # Consecutive steps that failed for a reason no request explains (see `step`); the
         # async engine declares the engine dead after a few.
@@ -111,8 +117,12 @@ class LLMEngine:
         arrival_time: float | None = None,
     ) -> None:
         """Check a request against the model (InvalidRequestError / ContextLengthError) and
-        queue it."""
+        queue it. Offline callers only: this tokenizes bad words and compiles a constraint here
+        (the server's input processor does both in its worker threads)."""
+        params = resolve_bad_words(self.tokenizer, params)
         engine_input = make_engine_input(self.model_info, prompt_token_ids, params, priority)
+        if params.structured_outputs is not None:
+            self.structured.compile(params.structured_outputs)  # cached; names the field
         self.add_input(request_id, engine_input, arrival_time)
 
     def add_input(
@@ -136,6 +146,10 @@ class LLMEngine:
             arrival_time=time.monotonic() if arrival_time is None else arrival_time,
         )
         self.scheduler.add_request(request)
+        if params.structured_outputs is not None:
+            # Compiled (from the cache, normally) when the step first needs its mask, in the
+            # step's thread: never here, which may be the event loop.
+            self.structured.add_request(request_id, params.structured_outputs)
 
     def _samples_of(self, group_ids: list[str]) -> list[str]:
         wanted = set(group_ids)
@@ -181,12 +195,14 @@ class LLMEngine:
             self.thread_policy.maybe_adjust()
         t0 = time.perf_counter()
         sched = self.scheduler.schedule()
+        masks = self.structured.start_step(sched)  # filled while the forward pass runs
         t1 = time.perf_counter()
         if self.invariant_checker is not None:
             self.invariant_checker.before_runner_call(sched)
-        result = run_isolating(self._execute, sched)
+        result = run_isolating(lambda part: self._execute(part, masks), sched)
         deltas = self._settle_faults(sched, result) if result.error is not None else []
         t2 = time.perf_counter()
+        deltas += self._reject_grammar_failures() if masks is not None else []
         updated, _ = self.scheduler.update_from_output(sched, result.output.sampled, self.outputs)
         t3 = time.perf_counter()
         deltas += self.outputs.make_deltas(updated, result.output.logprobs)
@@ -199,14 +215,14 @@ class LLMEngine:
         timings["output"] = timings.get("output", 0.0) + (t4 - t3)
         return deltas
 
-    def _execute(self, sched: SchedulerOutput) -> RunnerOutput:
+    def _execute(self, sched: SchedulerOutput, masks: StepMasks | None = None) -> RunnerOutput:
         """One runner call (a step, or a part of a failed one), recorded by the invariant
         checker when it is on."""
         checker = self.invariant_checker
         if checker is None:
-            return self.runner.execute(sched)
+            return self.runner.execute(sched, masks)
         try:
-            output = self.runner.execute(sched)
+            output = self.runner.execute(sched, masks)
         except BaseException:
             checker.after_runner_call(sched, completed=False)
             raise
@@ -267,6 +283,16 @@ class LLMEngine:
             logger.error("the engine fails with no request involved: %s", describe(exc))
             return False
         return True
+
+    def _reject_grammar_failures(self) -> list[RequestDelta]:
+        """End the samples whose grammar refused their last token (their own logit_bias,
+        allowed_token_ids or bad_words left nothing it accepts) or failed to compile."""
+        deltas = []
+        for sample_id, message in self.structured.take_rejected().items():
+            for delta in self._finish([sample_id], RequestStatus.FINISHED_ERROR):
+                delta.error = message
+                deltas.append(delta)
+        return deltas
 
     def stats(self) -> SchedulerStats:
         return self.scheduler.stats()

@@ -20,7 +20,8 @@ from triode.engine.models.linear import resolve_cpu_linear
 from triode.engine.models.loader import gguf_source
 from triode.engine.quant.info import WeightsInfo, describe
 from triode.engine.runner.attention import AttentionMetadata, resolve_attention_backend
-from triode.engine.sampling.sampler import Sampler, SamplerOutput, SamplingRow
+from triode.engine.sampling.sampler import RowBitmask, Sampler, SamplerOutput, SamplingRow
+from triode.engine.structured.manager import StepMasks
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,9 @@ class ModelRunner:
         return gen
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> RunnerOutput:
+    def execute(self, sched: SchedulerOutput, masks: StepMasks | None = None) -> RunnerOutput:
+        """One forward pass and sampling. `masks` (constrained rows' grammar bitmasks) are
+        being filled in the background meanwhile; they are waited for only before sampling."""
         for request_id in sched.finished_request_ids:
             self._generators.pop(request_id, None)
         if sched.blocks_to_copy:
@@ -203,7 +206,8 @@ class ModelRunner:
         if rows:
             idx = torch.tensor(logits_rows, dtype=torch.int64).to(self.device, non_blocking=True)
             logits = self.model.compute_logits(hidden.index_select(0, idx))
-            result = self._sample(logits, rows)
+            bitmask = _row_bitmask(masks, row_ids) if masks is not None else None
+            result = self._sample(logits, rows, bitmask)
             out.sampled = dict(zip(row_ids, result.token_ids))
             if any(lp is not None for lp in result.logprobs):
                 out.logprobs = {
@@ -218,7 +222,9 @@ class ModelRunner:
         timings.num_tokens += len(input_ids)
         return out
 
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    def _sample(
+        self, logits: torch.Tensor, rows: list[SamplingRow], bitmask: RowBitmask | None = None
+    ) -> SamplerOutput:
         """The sampler, leaving seeded generators as they were if it raises.
 
         NOTE: the engine runs the rows of a failed step again (engine/step_isolation.py); a
@@ -227,7 +233,7 @@ class ModelRunner:
         seeded = [row.generator for row in rows if row.generator is not None]
         states = [gen.get_state() for gen in seeded]
         try:
-            return self.sampler(logits, rows)
+            return self.sampler(logits, rows, bitmask)
         except BaseException:
             for gen, state in zip(seeded, states):
                 gen.set_state(state)
@@ -239,6 +245,19 @@ class ModelRunner:
         for k_cache, v_cache in self.kv_caches:
             k_cache[dst] = k_cache[src]
             v_cache[dst] = v_cache[src]
+
+
+def _row_bitmask(masks: StepMasks, row_ids: list[str]) -> RowBitmask | None:
+    """The step's grammar masks for the rows sampled now. NOTE: a failed step runs again in
+    parts (engine/step_isolation.py); a part holds only some of the masked samples."""
+    position = {sample_id: i for i, sample_id in enumerate(row_ids)}
+    words = masks.wait()
+    keep = [i for i, sample_id in enumerate(masks.sample_ids) if sample_id in position]
+    if not keep:
+        return None
+    if len(keep) < len(masks.sample_ids):
+        words = words[keep]
+    return RowBitmask([position[masks.sample_ids[i]] for i in keep], words)
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

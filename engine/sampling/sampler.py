@@ -1,6 +1,7 @@
 """The sampler: logits [R, V] -> one token per row, vectorised over the batch.
 
-Order of operations (as in vLLM): min_tokens masking, penalties (repetition on prompt+output,
+Order of operations (as in vLLM): the grammar's token bitmask (constrained decoding), then
+allowed_token_ids, bad_words and logit_bias, min_tokens masking, penalties (repetition on prompt+output,
 presence and frequency on the output), then greedy rows take the argmax; the others divide by
 temperature, apply top-k, then top-p, then min-p, and draw by inverse CDF with one uniform
 number per row, so a row with its own seed draws from its own generator without any per-row
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from triode.engine.sampling.logit_controls import apply_logit_controls, apply_token_bitmask
 from triode.engine.sampling.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
@@ -35,6 +37,15 @@ class SamplingRow:
     output_token_ids: list[int]
     eos_token_id: int | None
     generator: torch.Generator | None
+
+
+@dataclass(slots=True)
+class RowBitmask:
+    """A grammar's token bitmask for some rows: `words[j]` (llguidance's packed int32 format)
+    is the mask of row `row_ids[j]`."""
+
+    row_ids: list[int]
+    words: torch.Tensor
 
 
 @dataclass(slots=True)
@@ -192,17 +203,30 @@ def _inverse_cdf(values: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 
 class Sampler:
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    def __call__(
+        self, logits: torch.Tensor, rows: list[SamplingRow], bitmask: RowBitmask | None = None
+    ) -> SamplerOutput:
         assert logits.shape[0] == len(rows)
         raw = logits.float()
         num_logprobs = [r.params.logprobs for r in rows]
         want_logprobs = any(n is not None for n in num_logprobs)
         has_min_tokens = any(len(r.output_token_ids) < r.params.min_tokens for r in rows)
         has_penalties = any(r.params.has_penalties for r in rows)
+        has_controls = any(r.params.has_logit_controls for r in rows)
         # Logprobs describe the raw distribution, so edit a copy when they are wanted.
-        logits = raw.clone() if want_logprobs and (has_min_tokens or has_penalties) else raw
+        edits = has_min_tokens or has_penalties or has_controls or bitmask is not None
+        logits = raw.clone() if want_logprobs and edits else raw
+        if bitmask is not None:
+            apply_token_bitmask(logits, bitmask.row_ids, bitmask.words)
+        if has_controls:
+            apply_logit_controls(
+                logits, [r.params for r in rows], [r.output_token_ids for r in rows]
+            )
         if has_min_tokens:
-            self._mask_min_tokens(logits, rows)
+            # NOTE: a grammar decides where its output ends; banning EOS there could leave a
+            # finished grammar's row without any allowed token, so min_tokens skips those rows.
+            skip = set(bitmask.row_ids) if bitmask is not None else set()
+            self._mask_min_tokens(logits, rows, skip)
         if has_penalties:
             apply_penalties(logits, rows)
 
@@ -220,10 +244,10 @@ class Sampler:
         return self._with_logprobs(raw, sampled, num_logprobs)
 
     @staticmethod
-    def _mask_min_tokens(logits: torch.Tensor, rows: list[SamplingRow]) -> None:
+    def _mask_min_tokens(logits: torch.Tensor, rows: list[SamplingRow], skip: set[int]) -> None:
         for i, r in enumerate(rows):
             p = r.params
-            if len(r.output_token_ids) < p.min_tokens:
+            if len(r.output_token_ids) < p.min_tokens and i not in skip:
                 banned = list(p.stop_token_ids)
                 if r.eos_token_id is not None and not p.ignore_eos:
                     banned.append(r.eos_token_id)
