@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from triode.engine.errors import ContextLengthError, InvalidRequestError
+from triode.engine.chat_template import render_chat
+from triode.engine.errors import ContextLengthError
 from triode.engine.inputs import EngineInput, ModelInfo, make_engine_input
 from triode.engine.sampling.logit_controls import resolve_bad_words
 from triode.engine.sampling.sampling_params import SamplingParams
@@ -71,28 +72,6 @@ def _check_length(num_tokens: int, limit: int | None) -> None:
         )
 
 
-def render_chat(
-    tokenizer: Any,
-    messages: Sequence[dict[str, Any]],
-    add_generation_prompt: bool = True,
-    **template_kwargs: Any,
-) -> str:
-    """The conversation as text, through the model's chat template. `template_kwargs` go to the
-    template as variables (e.g. `tools`). A conversation the template refuses raises
-    InvalidRequestError naming `messages`."""
-    try:
-        return tokenizer.apply_chat_template(
-            list(messages),
-            tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            **template_kwargs,
-        )
-    except Exception as exc:  # jinja raises for conversations the template refuses
-        raise InvalidRequestError(
-            f"the chat template rejected the messages: {exc}", "messages"
-        ) from None
-
-
 class Preprocessor:
     """One worker's tools: a private tokenizer, the model description and the (shared,
     thread-safe) grammar compiler. Synchronous; never share one between threads."""
@@ -114,11 +93,12 @@ class Preprocessor:
         self,
         messages: Sequence[dict[str, Any]],
         add_generation_prompt: bool = True,
-        **template_kwargs: Any,
+        **options: Any,
     ) -> list[int]:
         """Token ids of a conversation rendered with the chat template (the template adds the
-        special tokens itself)."""
-        text = render_chat(self.tokenizer, messages, add_generation_prompt, **template_kwargs)
+        special tokens itself); `options`: render_chat's tools, tool_format and
+        chat_template_kwargs."""
+        text = render_chat(self.tokenizer, messages, add_generation_prompt, **options)
         return self.encode(text, add_special_tokens=False)
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:

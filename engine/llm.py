@@ -6,8 +6,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from triode.engine.chat_template import render_chat
 from triode.engine.config import EngineConfig
-from triode.engine.input_processor import encode_text, render_chat
+from triode.engine.input_processor import encode_text
 from triode.engine.llm_engine import LLMEngine
 from triode.engine.outputs import CompletionOutput, RequestOutput
 from triode.engine.sampling.sampling_params import SamplingParams
@@ -74,16 +75,27 @@ class LLM:
 
     def chat(
         self,
-        messages: list[dict[str, str]] | list[list[dict[str, str]]],
+        messages: list[dict[str, Any]] | list[list[dict[str, Any]]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
     ) -> list[RequestOutput]:
-        """Apply the model's chat template to one conversation or a list of them, then generate."""
+        """Apply the model's chat template to one conversation or a list of them, then generate.
+        `tools` (OpenAI's shape) are rendered into the prompt (see engine.chat_template);
+        `chat_template_kwargs` reach the template as extra variables."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         prompts: list[PromptType] = []
         for conversation in conversations:
-            ids = apply_chat_template(self.engine.tokenizer, conversation, add_generation_prompt)
+            text = render_chat(
+                self.engine.tokenizer,
+                conversation,  # type: ignore[arg-type]
+                add_generation_prompt,
+                tools=tools,
+                chat_template_kwargs=chat_template_kwargs,
+            )
+            ids = encode_text(self.engine.tokenizer, text, add_special_tokens=False)
             prompts.append({"prompt_token_ids": ids})
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
@@ -112,7 +124,7 @@ class LLM:
 
 
 def apply_chat_template(
-    tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    tokenizer: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True
 ) -> list[int]:
     """Token ids of a conversation rendered with the tokenizer's chat template."""
     text = render_chat(tokenizer, messages, add_generation_prompt)
