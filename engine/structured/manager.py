@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,18 +39,41 @@ class _SampleMatcher:
     num_consumed: int = 0  # output tokens fed to the matcher so far
 
 
+@dataclass(slots=True)
+class MaskStats:
+    """Cumulative seconds: filling masks (in the mask thread) and the step waiting for them
+    (ideally ~0: the fill hides behind the forward pass)."""
+
+    fill_s: float = 0.0
+    wait_s: float = 0.0
+    num_rows: int = 0
+
+    def reset(self) -> None:
+        self.fill_s = self.wait_s = 0.0
+        self.num_rows = 0
+
+
 class StepMasks:
     """The bitmask rows of one step, being filled in the background."""
 
     def __init__(
-        self, sample_ids: list[str], bitmask: torch.Tensor, future: concurrent.futures.Future[None]
+        self,
+        sample_ids: list[str],
+        bitmask: torch.Tensor,
+        future: concurrent.futures.Future[None],
+        stats: MaskStats,
     ) -> None:
         self.sample_ids = sample_ids  # row i of the bitmask belongs to sample_ids[i]
         self._bitmask = bitmask
         self._future = future
+        self._stats = stats
 
     def wait(self) -> torch.Tensor:
         """The filled bitmask [len(sample_ids), words] (int32, CPU)."""
+        if not self._future.done():
+            start = time.perf_counter()
+            self._future.result()
+            self._stats.wait_s += time.perf_counter() - start
         self._future.result()
         return self._bitmask
 
@@ -74,6 +98,7 @@ class StructuredOutputManager:
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor: Any = None  # llguidance.LLExecutor (its own thread pool)
         self._buffer = torch.empty(0, dtype=torch.int32)
+        self.stats = MaskStats()
 
     @property
     def num_tracked(self) -> int:
@@ -122,7 +147,7 @@ class StructuredOutputManager:
             self._buffer = torch.empty(max(len(rows), 8), words, dtype=torch.int32)
         bitmask = self._buffer[: len(rows)]
         future = self._pool().submit(self._fill, rows, bitmask)
-        self._pending = StepMasks([r[0] for r in rows], bitmask, future)
+        self._pending = StepMasks([r[0] for r in rows], bitmask, future, self.stats)
         return self._pending
 
     def _new_sample(self, sample_id: str, request_id: str) -> _SampleMatcher | None:
@@ -144,6 +169,7 @@ class StructuredOutputManager:
         self, rows: list[tuple[str, _SampleMatcher, list[int]]], bitmask: torch.Tensor
     ) -> None:
         """Runs in the mask thread, concurrently with the forward pass."""
+        start = time.perf_counter()
         for sample_id, state, pending in rows:
             if pending:
                 if not state.matcher.consume_tokens(pending):
@@ -154,6 +180,8 @@ class StructuredOutputManager:
         self._llg_executor().unsafe_compute_mask_ptr(
             matchers, bitmask.data_ptr(), words * 4, bitmask.shape[0]
         )
+        self.stats.fill_s += time.perf_counter() - start
+        self.stats.num_rows += len(rows)
 
     def _finish_pending(self) -> None:
         """Wait for the previous step's job (normally long done) before touching matchers."""

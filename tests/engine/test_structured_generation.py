@@ -68,8 +68,8 @@ def chat_ids(tokenizer, question: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def llm():
-    # 16 blocks of 16 tokens for six ~70-token sequences: chunked prefill and preemption.
-    return LLM(max_num_batched_tokens=48, num_kv_blocks=16, num_threads=2)
+    # 12 blocks of 16 tokens for six ~70-token sequences: chunked prefill and preemption.
+    return LLM(max_num_batched_tokens=48, num_kv_blocks=12, num_threads=2)
 
 
 def reference_generate(bundled_folder, compiler, prompts, specs):
