@@ -138,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from triode.engine import LLM, SamplingParams
-    from triode.engine.chat_template import render_chat
+    from triode.engine.llm import apply_chat_template
     from triode.load_tests.prompts import chat_prompts
 
     llm = LLM()
     tokenizer = llm.get_tokenizer()
     conversations = chat_prompts()
     prompts = [
-        render_chat(tokenizer, list(conversations[i % len(conversations)]))
+        apply_chat_template(tokenizer, list(conversations[i % len(conversations)]))
         for i in range(args.batch)
     ]
     # Warm-up: oneDNN kernels, the llguidance tokenizer, each schema's first compile.
