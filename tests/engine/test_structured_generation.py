@@ -22,7 +22,7 @@ from triode.engine.errors import InvalidRequestError
 from triode.engine.llm import apply_chat_template
 from triode.engine.sampling.structured_outputs import StructuredOutputsParams as Spec
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 EOS = 2
 MAX_TOKENS = 40
