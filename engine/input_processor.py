@@ -113,7 +113,7 @@ class Preprocessor:
         """Ids the tokenizer can decode: [0, this). May differ from the model's vocab_size."""
         return len(self.tokenizer)
 
-    def compile_structured(self, spec: StructuredOutputsParams, param: str) -> None:
+    def compile_structured(self, spec: StructuredOutputsParams, param: str | None = None) -> None:
         """Compile a constraint (or find it cached); InvalidRequestError names `param`. The
         engine's step later takes the compiled matcher from the same cache."""
         self.compiler.compile(spec, param)
@@ -126,7 +126,7 @@ class Preprocessor:
         params = resolve_bad_words(self.tokenizer, params)
         engine_input = make_engine_input(self.info, prompt_token_ids, params, priority)
         if params.structured_outputs is not None:
-            self.compile_structured(params.structured_outputs, "structured_outputs")
+            self.compile_structured(params.structured_outputs)
         return engine_input
 
 

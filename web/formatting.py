@@ -1,7 +1,10 @@
 """OpenAI response objects: streaming chunks and whole responses, for chat and completions.
 
 `ChoiceState` accumulates what one choice has produced so far; `ChatFormat` and
-`CompletionFormat` turn deltas and states into the exact objects OpenAI's API returns.
+`CompletionFormat` turn deltas and states into the exact objects OpenAI's API returns. A chat
+request offered tools runs each choice's text through a ToolCallParser (web/tool_parser.py):
+content and `tool_calls` are separated as the text streams, and a choice that called a tool
+ends with finish_reason "tool_calls" (as OpenAI's and vLLM's do).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from triode.streaming.delta import TokenLogprob
 from triode.web.prepare import CHAT, PreparedRequest
+from triode.web.tool_parser import ParsedDelta, ToolCallParser
 
 # The text of one token id (for logprobs): `InputProcessor.token_text`, memoised.
 TokenText = Callable[[int], str]
@@ -26,6 +30,7 @@ class ChoiceState:
     stop_reason: int | str | None = None
     num_output_tokens: int = 0
     text_offset: int = 0  # completions' logprobs: where the next token's text starts
+    parser: ToolCallParser | None = None  # streamed chat with tools: text -> calls so far
 
     @property
     def text(self) -> str:
@@ -76,7 +81,8 @@ class ResponseFormat:
 
     def delta_chunk(
         self, state: ChoiceState, text: str, logprobs: list[TokenLogprob] | None, is_final: bool
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        """The chunk for one delta, or None when it has nothing to show yet."""
         raise NotImplementedError
 
     def final_choice(self, state: ChoiceState) -> dict[str, Any]:
@@ -105,27 +111,55 @@ class ChatFormat(ResponseFormat):
 
     def delta_chunk(
         self, state: ChoiceState, text: str, logprobs: list[TokenLogprob] | None, is_final: bool
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
+        delta: dict[str, Any] = {"content": text} if text else {}
+        finish_reason = state.finish_reason
+        if self.prepared.tools is not None:
+            parser = state.parser or self._new_parser()
+            state.parser = parser
+            parsed = parser.feed(text)
+            if is_final:
+                _merge(parsed, parser.finish())
+                finish_reason = _finish_reason(state.finish_reason, parser)
+            delta = _parsed_delta(parsed)
+            if not delta and not logprobs and not is_final:
+                return None  # held back: maybe the start of a call
         choice: dict[str, Any] = {
             "index": state.index,
-            "delta": {"content": text} if text else {},
+            "delta": delta,
             "logprobs": self._logprobs(logprobs) if logprobs else None,
-            "finish_reason": state.finish_reason if is_final else None,
+            "finish_reason": finish_reason if is_final else None,
         }
         if is_final:
             choice["stop_reason"] = state.stop_reason
         return self.chunk([choice])
 
     def final_choice(self, state: ChoiceState) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": state.text}
+        finish_reason = state.finish_reason
+        if self.prepared.tools is not None:
+            # The whole text through a fresh parser: the same calls a stream would send.
+            parser = self._new_parser()
+            parser.feed(state.text)
+            parser.finish()
+            message["content"] = parser.content
+            if parser.calls:
+                message["tool_calls"] = [c.to_object() for c in parser.calls]
+            finish_reason = _finish_reason(state.finish_reason, parser)
         return {
             "index": state.index,
-            "message": {"role": "assistant", "content": state.text},
+            "message": message,
             "logprobs": self._logprobs(state.logprobs)
             if self.prepared.num_top_logprobs is not None
             else None,
-            "finish_reason": state.finish_reason,
+            "finish_reason": finish_reason,
             "stop_reason": state.stop_reason,
         }
+
+    def _new_parser(self) -> ToolCallParser:
+        plan = self.prepared.tools
+        assert plan is not None
+        return ToolCallParser(plan.fmt, plan.max_calls)
 
     def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any]:
         k = self.prepared.num_top_logprobs or 0
@@ -142,6 +176,27 @@ class ChatFormat(ResponseFormat):
                 for t, lp in ((self.token_texts(i), lp) for i, lp in entry.top[:k])
             ],
         }
+
+
+def _merge(into: ParsedDelta, more: ParsedDelta) -> None:
+    into.content += more.content
+    for d in more.tool_calls:
+        into.add_arguments(d.index, d.arguments, d.call)
+
+
+def _parsed_delta(parsed: ParsedDelta) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    if parsed.content:
+        delta["content"] = parsed.content
+    if parsed.tool_calls:
+        delta["tool_calls"] = [d.to_object() for d in parsed.tool_calls]
+    return delta
+
+
+def _finish_reason(reason: str | None, parser: ToolCallParser) -> str | None:
+    """The model called a tool and stopped by itself: "tool_calls" (a call cut off by
+    max_tokens keeps "length")."""
+    return "tool_calls" if parser.calls and reason == "stop" else reason
 
 
 class CompletionFormat(ResponseFormat):

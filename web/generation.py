@@ -47,12 +47,19 @@ class Generation:
 
     @classmethod
     async def create(
-        cls, engine: AsyncEngine, kind: str, body: bytes | dict[str, Any]
+        cls,
+        engine: AsyncEngine,
+        kind: str,
+        body: bytes | dict[str, Any],
+        *,
+        tool_call_parser: str = "auto",
     ) -> Generation:
         """Prepare a request body in an input-processor worker thread, then submit it."""
         engine.check_serving()  # before any work: the refusal says why
         processor = engine.input_processor
-        prepared = await processor.run(functools.partial(prepare_request, kind, body))
+        prepared = await processor.run(
+            functools.partial(prepare_request, kind, body, tool_call_parser=tool_call_parser)
+        )
         return await cls.start(engine, prepared, processor.token_text)
 
     @classmethod
@@ -107,9 +114,9 @@ class Generation:
         # Deltas that add nothing visible (text held back by a possible stop string) are not
         # sent: empty chunks only confuse clients.
         if self.build_chunks and (delta.text or delta.logprobs or is_final):
-            self._queued.append(
-                self._format.delta_chunk(state, delta.text, delta.logprobs, is_final)
-            )
+            chunk = self._format.delta_chunk(state, delta.text, delta.logprobs, is_final)
+            if chunk is not None:
+                self._queued.append(chunk)
 
     # ---- results ------------------------------------------------------------------------------
     @property

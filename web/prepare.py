@@ -8,7 +8,9 @@ loop: a body may be 16 MiB. Everything a client can get wrong is caught here or 
 `AsyncEngine.submit_all`, before a stream starts, so it can still get a proper status code.
 
 A new request field slots in here: the schema (protocol.py) parses it, `_sampling_params` or
-the template variables (`_template_kwargs`) carry it to the engine.
+the template variables (`_template_kwargs`) carry it to the engine. Structured output and tools
+(web/constraints.py) become one StructuredOutputsParams, compiled here, and a ToolPlan that
+the response formatter parses calls with.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from triode.engine import EngineInput, InvalidRequestError, Preprocessor, SamplingParams
-from triode.web.errors import ApiError
+from triode.web.constraints import Constraint, ToolPlan, output_constraint, tool_plan
+from triode.web.errors import ApiError, bad_request
 from triode.web.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_body
 
 CHAT = "chat.completion"
@@ -46,6 +49,7 @@ class PreparedRequest:
     include_usage: bool
     echo: bool
     num_top_logprobs: int | None  # None: no logprobs wanted
+    tools: ToolPlan | None = None  # chat with tools offered (tool_choice not "none")
 
 
 def new_response_id(kind: str) -> str:
@@ -62,32 +66,52 @@ def parse_request(
 
 
 def prepare_request(
-    kind: str, body: bytes | dict[str, Any], worker: Preprocessor, *, force_stream: bool = False
+    kind: str,
+    body: bytes | dict[str, Any],
+    worker: Preprocessor,
+    *,
+    force_stream: bool = False,
+    tool_call_parser: str = "auto",
 ) -> PreparedRequest:
     """Everything between the body and `submit_all` (runs in a worker thread; raises ApiError
     or the engine's InvalidRequestError naming the request's own field)."""
     request = parse_request(kind, body)
     check_model(worker.info.name, request.model)
+    constraint = output_constraint(request)
+    plan = None
+    if isinstance(request, ChatCompletionRequest):
+        plan, forced_call = tool_plan(request, worker.tokenizer, tool_call_parser)
+        if forced_call is not None and constraint is not None:
+            raise bad_request(
+                f"tool_choice: a required or named tool call cannot be combined with "
+                f"{constraint.param}",
+                "tool_choice",
+            )
+        constraint = constraint or forced_call
     try:
+        if constraint is not None:  # compiled (and cached) here, off the event loop
+            worker.compile_structured(constraint.spec, constraint.param)
         if isinstance(request, ChatCompletionRequest):
             num_top = (request.top_logprobs or 0) if request.logprobs else None
-            params = _sampling_params(request, request.requested_max_tokens, num_top)
+            params = _sampling_params(request, request.requested_max_tokens, num_top, constraint)
             ids = worker.encode_chat(
                 chat_messages(request.messages),
                 request.add_generation_prompt,
-                **_template_kwargs(request),
+                **_template_kwargs(request, plan),
             )
             prompts = [Prompt(ids, None)]
             echo = False
         else:
             num_top = request.logprobs
-            params = _sampling_params(request, request.requested_max_tokens, num_top)
+            params = _sampling_params(request, request.requested_max_tokens, num_top, constraint)
             prompts = [_completion_prompt(worker, p, request) for p in request.prompt]
             echo = request.echo
         # Fail the whole request before any of it is queued.
         inputs = [worker.make_input(p.token_ids, params, request.priority) for p in prompts]
     except InvalidRequestError as exc:
         exc.param = _api_param(exc.param, request)
+        if exc.param == "structured_outputs" and constraint is not None:
+            exc.param = constraint.param
         raise
     return PreparedRequest(
         kind=kind,
@@ -101,6 +125,7 @@ def prepare_request(
         include_usage=request.include_usage,
         echo=echo,
         num_top_logprobs=num_top,
+        tools=plan,
     )
 
 
@@ -121,19 +146,28 @@ def model_not_found(requested: str, served: str) -> ApiError:
 
 
 def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """The messages as the chat template expects them."""
+    """The messages as the chat template expects them (OpenAI's shape)."""
     rendered: list[dict[str, Any]] = []
     for m in messages:
         message: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.name is not None:
             message["name"] = m.name
+        if m.tool_calls:
+            message["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
         rendered.append(message)
     return rendered
 
 
-def _template_kwargs(request: ChatCompletionRequest) -> dict[str, Any]:
-    """Variables for the chat template beyond the messages (tools, documents, ... go here)."""
-    return {}
+def _template_kwargs(request: ChatCompletionRequest, plan: ToolPlan | None) -> dict[str, Any]:
+    """What the chat template gets beyond the messages: the tools offered (not with
+    tool_choice "none") and the request's chat_template_kwargs."""
+    options: dict[str, Any] = {"chat_template_kwargs": request.chat_template_kwargs}
+    if plan is not None:
+        options["tools"] = plan.tools
+        options["tool_format"] = plan.fmt
+    return options
 
 
 def _completion_prompt(
@@ -148,6 +182,7 @@ def _sampling_params(
     request: CompletionRequest | ChatCompletionRequest,
     max_tokens: int | None,
     num_top_logprobs: int | None,
+    constraint: Constraint | None = None,
 ) -> SamplingParams:
     return SamplingParams(
         n=request.n,
@@ -167,6 +202,10 @@ def _sampling_params(
         include_stop_str_in_output=request.include_stop_str_in_output,
         logprobs=num_top_logprobs,
         skip_special_tokens=request.skip_special_tokens,
+        structured_outputs=constraint.spec if constraint is not None else None,
+        logit_bias=dict(request.logit_bias) if request.logit_bias else None,
+        allowed_token_ids=request.allowed_token_ids,
+        bad_words=request.bad_words,
     )
 
 

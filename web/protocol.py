@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from triode.web.errors import ApiError, bad_request
+from triode.web.protocol_structured import MessageToolCall, StructuredFields, Tool, ToolChoice
 
 MAX_N = 128
 MAX_STOP = 16
@@ -31,8 +32,9 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
-class _SamplingRequest(_Strict):
-    """Fields shared by /v1/completions and /v1/chat/completions."""
+class _SamplingRequest(StructuredFields):
+    """Fields shared by /v1/completions and /v1/chat/completions (with the structured-output
+    and logit fields of StructuredFields)."""
 
     model: str | None = None
     max_tokens: int | None = None
@@ -58,7 +60,6 @@ class _SamplingRequest(_Strict):
     skip_special_tokens: bool = True
     priority: int = 0
     # Accepted for compatibility, refused unless left at a value that changes nothing.
-    logit_bias: dict[str, Any] | None = None
     best_of: int | None = None
 
     @field_validator("stop", mode="before")
@@ -78,8 +79,6 @@ class _SamplingRequest(_Strict):
     def _check_combinations(self) -> _SamplingRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
-        if self.logit_bias:
-            raise ValueError("logit_bias: not supported by this server")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of: not supported (use n)")
         return self
@@ -134,6 +133,8 @@ class ChatMessage(_Strict):
     # A string, a list of text parts, or null; normalised to a string.
     content: str = ""
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
     @field_validator("content", mode="before")
     @classmethod
@@ -161,18 +162,18 @@ class ChatCompletionRequest(_SamplingRequest):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None  # default: "auto" with tools, else "none"
+    parallel_tool_calls: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    functions: list[Any] | None = None  # OpenAI's deprecated form of tools: refused
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
-        if self.tools or self.functions:
-            raise ValueError("tools: tool calling is not supported by this server")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError("response_format: only {'type': 'text'} is supported")
+        if self.functions:
+            raise ValueError("functions: deprecated by OpenAI and not supported; use tools")
         return self
 
 

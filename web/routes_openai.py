@@ -29,7 +29,9 @@ def register_openai_routes(app: Quart, state: AppState) -> None:
     async def generate(kind: str) -> Response:
         state.engine.check_serving()  # refuse before reading a body we would not use
         body = await request.get_data(as_text=False)
-        generation = await Generation.create(state.engine, kind, body)
+        generation = await Generation.create(
+            state.engine, kind, body, tool_call_parser=state.config.tool_call_parser
+        )
         # Whatever happens from here on (the client leaving before or during the body, an
         # error), the connection runs this when it ends: the request never outlives it.
         request.cleanups.append(generation.aclose)  # type: ignore[attr-defined]

@@ -37,7 +37,12 @@ class EngineBackend:
 
     async def start(self, kind: str, request: dict[str, Any]) -> Generation:
         # A WebSocket always streams; `stream` in the body changes nothing.
-        return await EngineGeneration.create(self._state.engine, kind, {**request, "stream": True})
+        return await EngineGeneration.create(
+            self._state.engine,
+            kind,
+            {**request, "stream": True},
+            tool_call_parser=self._state.config.tool_call_parser,
+        )
 
     def error_object(self, exc: BaseException) -> dict[str, Any]:
         return api_error_from(exc).to_object()

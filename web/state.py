@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the command line imports ServerConfig before anything heavy
     from triode.engine import AsyncEngine
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+ToolCallParserName = Literal["auto", "hermes", "llama3_json"]
 
 
 @dataclass
@@ -54,6 +55,10 @@ class ServerConfig:
     """Log one line per HTTP request."""
     log_level: LogLevel = "info"
     """Logging level; `debug` also prints tracebacks of start-up failures."""
+    tool_call_parser: ToolCallParserName = "auto"
+    """How the model writes tool calls, to turn its text into `tool_calls`: `hermes`
+    (<tool_call>{...}</tool_call>: Qwen, Hermes, SmolLM), `llama3_json` (Llama 3.1+), or `auto`
+    (from the chat template)."""
     stats_log_interval_s: float = 10.0
     """While busy, log a one-line summary (throughput, running, waiting, KV-cache use,
     prefix-cache hit rate) this often; 0 turns it off."""

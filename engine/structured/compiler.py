@@ -108,15 +108,16 @@ class GrammarCompiler:
         with self._lock:
             return spec.cache_key() in self._cache
 
-    def compile(self, spec: StructuredOutputsParams, param: str = "structured_outputs") -> Any:
-        """The template matcher for `spec` (from the cache when it is there)."""
+    def compile(self, spec: StructuredOutputsParams, param: str | None = None) -> Any:
+        """The template matcher for `spec` (from the cache when it is there). Errors name
+        `param` (default: structured_outputs.<kind>), the request field the spec came from."""
         key = spec.cache_key()
         with self._lock:
             template = self._cache.get(key)
             if template is not None:
                 self._cache.move_to_end(key)
                 return template
-        template = self._build(spec, f"{param}.{spec.kind}" if param else spec.kind)
+        template = self._build(spec, param or f"structured_outputs.{spec.kind}")
         with self._lock:
             self._cache[key] = template
             self._cache.move_to_end(key)

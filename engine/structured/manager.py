@@ -104,7 +104,7 @@ class StructuredOutputManager:
     def num_tracked(self) -> int:
         return len(self._specs) + len(self._samples)
 
-    def compile(self, spec: StructuredOutputsParams, param: str = "structured_outputs") -> None:
+    def compile(self, spec: StructuredOutputsParams, param: str | None = None) -> None:
         """Compile (or find cached) `spec`; raises InvalidRequestError naming `param`."""
         self.compiler.compile(spec, param)
 

@@ -60,7 +60,11 @@ def error_of(response: httpx.Response, status: int) -> dict:
             {"messages": CHAT, "stream_options": {"include_usage": True}},
             "stream_options",
         ),
-        ("/v1/chat/completions", {"messages": CHAT, "tools": [{"type": "function"}]}, "tools"),
+        (
+            "/v1/chat/completions",
+            {"messages": CHAT, "tools": [{"type": "function"}]},
+            "tools.0.function",
+        ),
         (
             "/v1/chat/completions",
             {"messages": CHAT, "min_tokens": 5, "max_tokens": 2},
@@ -78,7 +82,8 @@ def error_of(response: httpx.Response, status: int) -> dict:
         ("/v1/completions", {"prompt": "x", "stop_token_ids": [-1]}, "stop_token_ids"),
         ("/v1/completions", {"prompt": "x", "stop_token_ids": [10**6]}, "stop_token_ids"),
         ("/v1/completions", {"prompt": "x", "seed": -1}, "seed"),
-        ("/v1/completions", {"prompt": "x", "logit_bias": {"1": 5}}, "logit_bias"),
+        ("/v1/completions", {"prompt": "x", "logit_bias": {"1": 500}}, "logit_bias"),
+        ("/v1/completions", {"prompt": "x", "logit_bias": {"a": 5}}, "logit_bias"),
     ],
 )
 async def test_bad_fields_are_400_naming_the_field(client, path, body, param):
