@@ -60,13 +60,15 @@ def format_call(fmt: ToolCallFormat, name: str, arguments: Any) -> str:
     return f"{fmt.start}{body}{fmt.end}"
 
 
-def _call_schema(fmt: ToolCallFormat, function: dict[str, Any]) -> dict[str, Any]:
+def _call_schema(fmt: ToolCallFormat, function: dict[str, Any], at: str) -> dict[str, Any]:
+    """The schema of one call, to be placed at JSON pointer `at` of the whole schema."""
     parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    arguments_at = f"{at}/properties/{fmt.arguments_key}"
     return {
         "type": "object",
         "properties": {
             "name": {"const": function["name"]},
-            fmt.arguments_key: prepare_schema(parameters),
+            fmt.arguments_key: rebase_refs(prepare_schema(parameters), arguments_at),
         },
         "required": ["name", fmt.arguments_key],
         "additionalProperties": False,
@@ -88,7 +90,10 @@ def tool_call_grammar(
     if only is not None:
         functions = [f for f in functions if f["name"] == only]
         parallel = False
-    schemas = [_call_schema(fmt, f) for f in functions]
+    if len(functions) == 1:
+        schemas = [_call_schema(fmt, functions[0], "")]
+    else:
+        schemas = [_call_schema(fmt, f, f"/anyOf/{i}") for i, f in enumerate(functions)]
     schema: dict[str, Any] = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
     schema["x-guidance"] = json_schema_options(strict=False)
     call = " ".join(
@@ -102,6 +107,25 @@ def tool_call_grammar(
         f"body: %json {json.dumps(schema, ensure_ascii=False)}",
     ]
     return "\n".join(rules)
+
+
+def rebase_refs(schema: Any, at: str) -> Any:
+    """`schema` with its local `$ref`s ("#/$defs/X", "#") pointing below JSON pointer `at`,
+    where it is placed inside a bigger schema (a function's parameters inside a call: pydantic
+    and the openai SDK write nested models as `$defs` referenced from the root)."""
+    if isinstance(schema, list):
+        return [rebase_refs(item, at) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and value.startswith("#"):
+            out[key] = f"#{at}{value[1:]}"
+        elif key in ("const", "enum", "default", "examples"):
+            out[key] = value  # data, not schemas
+        else:
+            out[key] = rebase_refs(value, at)
+    return out
 
 
 def _literal(text: str, tokenizer: Any) -> str:

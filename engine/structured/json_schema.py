@@ -38,12 +38,14 @@ def check_json_schema(schema: Any, param: str) -> None:
 
     if not isinstance(schema, dict):
         raise InvalidRequestError(f"{param}: a JSON schema must be an object", param)
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+    # NOTE: no format checks: they would judge `pattern`s by Python's `re`, which lacks
+    # ECMA-262's \p{L} and friends; the grammar engine compiles (and refuses) patterns itself.
+    cls = jsonschema.validators.validator_for(schema)
+    error = jsonschema.exceptions.best_match(cls(cls.META_SCHEMA).iter_errors(schema))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
         raise InvalidRequestError(
-            f"{param}: invalid JSON schema at {where}: {exc.message}", param
+            f"{param}: invalid JSON schema at {where}: {error.message}", param
         ) from None
 
 

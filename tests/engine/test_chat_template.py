@@ -160,3 +160,32 @@ def test_tool_call_grammars_accept_exactly_valid_calls(compiler, tokenizer, fmt)
     single = tool_call_grammar(fmt, [WEATHER, TIME], tokenizer, parallel=False)
     assert accepts(compiler, tokenizer, single, utc)
     assert not accepts(compiler, tokenizer, single, paris + fmt.separator + utc)
+
+
+def test_tool_parameters_with_defs_and_refs_compile_and_constrain(compiler, tokenizer):
+    # pydantic (and the openai SDK's pydantic_function_tool) write nested models as $defs
+    # referenced from the parameters' root; inside a call they must still resolve.
+    point = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+    route = {
+        "type": "function",
+        "function": {
+            "name": "route",
+            "parameters": {
+                "$defs": {"Point": point},
+                "type": "object",
+                "properties": {"start": {"$ref": "#/$defs/Point"}},
+                "required": ["start"],
+            },
+        },
+    }
+    for fmt in (HERMES, LLAMA3_JSON):
+        for grammar in (
+            tool_call_grammar(fmt, [route], tokenizer),
+            tool_call_grammar(fmt, [WEATHER, route], tokenizer),
+        ):
+            assert accepts(
+                compiler, tokenizer, grammar, format_call(fmt, "route", {"start": {"x": 3}})
+            )
+            assert not accepts(
+                compiler, tokenizer, grammar, format_call(fmt, "route", {"start": {"x": "3"}})
+            )

@@ -36,6 +36,7 @@ def compiler(tokenizer) -> GrammarCompiler:
         (Spec(json={"type": "object", "required": "name"}), "invalid JSON schema at required"),
         (Spec(json={"$ref": "#/$defs/missing"}), "missing"),
         (Spec(json={"type": "array", "uniqueItems": True}, strict=True), "uniqueItems"),
+        (Spec(json={"type": "string", "pattern": "(unclosed"}), "unclosed group"),
         (Spec(regex="(unclosed"), "unclosed group"),
         (Spec(grammar="start: undefined_rule"), "undefined_rule"),
     ],
@@ -45,6 +46,13 @@ def test_bad_constraints_are_refused_naming_the_field(compiler, spec, fragment):
         compiler.compile(spec, "response_format")
     assert info.value.param == "response_format"
     assert fragment in str(info.value)
+
+
+def test_ecma_patterns_python_cannot_read_are_compiled_not_refused(compiler):
+    matcher = compiler.compile(Spec(json={"type": "string", "pattern": r"^\p{Lu}\p{Ll}+$"}))
+    ids = compiler._hf_tokenizer.encode('"Émile"', add_special_tokens=False)
+    fresh = matcher.deep_copy()
+    assert fresh.try_consume_tokens(ids) == len(ids) and fresh.is_accepting()
 
 
 def test_lenient_schemas_ignore_what_cannot_be_enforced(compiler):

@@ -14,6 +14,8 @@ import jsonschema
 import openai
 import pydantic
 import pytest
+import trio
+from trio_websocket import open_websocket_url
 
 from tests.web.structured_schemas import SCHEMAS
 
@@ -287,3 +289,42 @@ def test_bad_constraints_are_400_naming_the_field(client, model, body, param, fr
     assert info.value.status_code == 400 and error["type"] == "invalid_request_error"
     assert error["param"] == param, error
     assert fragment in error["message"]
+
+
+async def test_websocket_streams_tool_calls_beside_a_refused_constraint(smol_server):
+    named = {
+        "messages": WEATHER_QUESTION,
+        "tools": [TIME, WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 60,
+        "temperature": 0,
+    }
+    bad = {"messages": WEATHER_QUESTION, "guided_regex": "([", "max_tokens": 5}
+    async with open_websocket_url(smol_server.ws_url) as ws:
+        for gen_id, request in (("call", named), ("bad", bad)):
+            message = {"type": "chat.completion", "id": gen_id, "request": request}
+            await ws.send_message(json.dumps(message))
+        messages, open_ids = [], {"call", "bad"}
+        while open_ids:
+            with trio.fail_after(120):
+                message = json.loads(await ws.get_message())
+            messages.append(message)
+            if message["type"] in ("done", "error"):
+                open_ids.discard(message["id"])
+    (refusal,) = [m for m in messages if m["id"] == "bad"]
+    assert refusal["type"] == "error" and refusal["error"]["param"] == "guided_regex"
+    deltas = [c["delta"] for m in messages if m["type"] == "chunk" for c in m["chunk"]["choices"]]
+    calls = [t for d in deltas for t in d.get("tool_calls", [])]
+    assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "get_weather"
+    assert all("id" not in t and t["index"] == 0 for t in calls[1:])
+    arguments = "".join(t["function"]["arguments"] for t in calls)
+    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])
+    assert not any(d.get("content") for d in deltas)
+    finals = [
+        c["finish_reason"]
+        for m in messages
+        if m["type"] == "chunk"
+        for c in m["chunk"]["choices"]
+        if c["finish_reason"]
+    ]
+    assert finals == ["tool_calls"]
