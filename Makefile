@@ -8,9 +8,9 @@ STAMP := $(VENV)/.triode-installed
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: setup browser serve test lint bench clean
+.PHONY: setup browser node serve test lint bench clean
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser node
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ browser:
 		{ $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive \
 			apt-get install -y --no-install-recommends chromium chromium-driver; } \
 		|| echo "make: chromium not installed; the browser tests will be skipped"; fi
+
+# The Vercel `ai` package for tests/web/test_ai_sdk.py (pinned in tests/web/node's lock file).
+# Not fatal: without node/npm or the registry, that test skips and says why.
+NODE_DIR := tests/web/node
+node:
+	@if [ ! -d $(NODE_DIR)/node_modules/ai ]; then \
+		if command -v npm >/dev/null 2>&1; then \
+			npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error \
+			|| echo "make: npm ci failed; the ai-package tests will be skipped"; \
+		else echo "make: no npm; the ai-package tests will be skipped"; fi; fi
 
 serve: setup
 	HF_HUB_OFFLINE=1 $(BIN)/triode serve $(ARGS)
