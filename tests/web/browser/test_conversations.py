@@ -189,7 +189,7 @@ def test_token_limit_marker_and_continue(page: Any, server_url: str) -> None:
 
 def test_json_mode_sends_response_format(page: Any, server_url: str) -> None:
     open_page(page, server_url)
-    configure(page, max_tokens=24)
+    configure(page, max_tokens=60)
     page.find_element(By.ID, "json-mode").click()
     page.refresh()
     open_page(page, server_url)
@@ -202,4 +202,9 @@ def test_json_mode_sends_response_format(page: Any, server_url: str) -> None:
     if errors and "response_format" in errors[0]:
         phone_screenshot(page, "browser_chat_json_mode_refused_phone.png")
         pytest.skip(f"the server refuses JSON mode (structured output, issue 15): {errors[0]}")
-    assert isinstance(json.loads(transcript(page)[-1][1]), dict)
+    assert errors == []
+    reply = transcript(page)[-1][1]
+    if page.find_elements(By.CSS_SELECTOR, ".message.assistant .marker.length"):
+        assert reply.lstrip().startswith("{"), reply  # cut by max_tokens: a JSON prefix
+    else:
+        assert isinstance(json.loads(reply), dict), reply
