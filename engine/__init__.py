@@ -41,10 +41,17 @@ _PUBLIC = {
     "CompletionOutput": "outputs",
     "RequestOutput": "outputs",
     "SamplingParams": "sampling.sampling_params",
+    "StructuredOutputsParams": "sampling.structured_outputs",
+    "check_json_schema": "structured.json_schema",
+    "TOOL_CALL_FORMATS": "tool_calls",
+    "ToolCallFormat": "tool_calls",
+    "detect_tool_call_format": "tool_calls",
+    "tool_call_grammar": "tool_calls",
 }
 
 __all__ = [
     "LLM",
+    "TOOL_CALL_FORMATS",
     "AsyncEngine",
     "CompletionOutput",
     "ContextLengthError",
@@ -65,8 +72,13 @@ __all__ = [
     "QueueFullError",
     "RequestOutput",
     "SamplingParams",
+    "StructuredOutputsParams",
+    "ToolCallFormat",
+    "check_json_schema",
+    "detect_tool_call_format",
     "make_engine_input",
     "run_generate",
+    "tool_call_grammar",
 ]
 
 if TYPE_CHECKING:
@@ -89,6 +101,14 @@ if TYPE_CHECKING:
     from triode.engine.metrics import EngineStats
     from triode.engine.outputs import CompletionOutput, RequestOutput
     from triode.engine.sampling.sampling_params import SamplingParams
+    from triode.engine.sampling.structured_outputs import StructuredOutputsParams
+    from triode.engine.structured.json_schema import check_json_schema
+    from triode.engine.tool_calls import (
+        TOOL_CALL_FORMATS,
+        ToolCallFormat,
+        detect_tool_call_format,
+        tool_call_grammar,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -16,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from triode.engine.errors import InvalidRequestError
-from triode.engine.sampling.structured_outputs import StructuredOutputsParams
-from triode.engine.structured.json_schema import check_json_schema
-from triode.engine.tool_calls import (
+from triode.engine import (
     TOOL_CALL_FORMATS,
+    InvalidRequestError,
+    StructuredOutputsParams,
     ToolCallFormat,
+    check_json_schema,
     detect_tool_call_format,
     tool_call_grammar,
 )

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from triode.engine.tool_calls import ToolCallFormat
+from triode.engine import ToolCallFormat
 
 # The start of a call's JSON up to where its arguments' value begins.
 _HEADER = re.compile(
