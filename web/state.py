@@ -32,6 +32,11 @@ class ServerConfig:
     """Browser origins (e.g. https://chat.example.com) allowed to call the API and open
     WebSockets, besides same-origin pages and localhost; `*` allows every origin. Several may
     be given, separated by spaces or commas."""
+    allowed_hosts: list[str] = field(default_factory=list)
+    """Host names the server answers besides loopback ones (DNS-rebinding defence). Bound to
+    loopback (the default), requests for any other Host get 403; bound elsewhere (0.0.0.0),
+    the check is off unless names are given. `.example.com` also allows its subdomains; `*`
+    turns the check off. Several may be given, separated by spaces or commas."""
     max_ws_connections: int = 4096
     """Open WebSockets at most; more are refused with 503. Idle sockets cost a few KiB each."""
     max_ws_generations_per_socket: int = 32
@@ -43,11 +48,18 @@ class ServerConfig:
     them."""
     send_timeout_s: float = 30.0
     """A client that accepts no data for this many seconds is disconnected (its requests are
-    aborted)."""
+    aborted), also a WebSocket whose client keeps sending while it never reads."""
+    header_timeout_s: float = 10.0
+    """A request head (request line and headers) must arrive within this many seconds of its
+    first byte, however slowly it is dribbled; a late one gets 408 and the connection closes."""
+    body_timeout_s: float = 60.0
+    """A request body must arrive within this many seconds of its head; a late one gets 408
+    and the connection closes."""
     max_request_bytes: int = 16 * 1024 * 1024
     """Largest request body or WebSocket message; larger ones get 413 (WebSocket: close 1009)."""
     keep_alive_timeout_s: float = 5.0
-    """Idle HTTP keep-alive connections are closed after this many seconds."""
+    """A connection that sends nothing (no first request yet, or idle between requests) is
+    closed after this many seconds."""
     backlog: int = 2048
     """Connections the kernel queues before the server accepts them."""
     access_log: bool = False
@@ -60,9 +72,12 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         # Comma lists are split, so `--allowed-origins a,b` and `--allowed-origins a b` agree.
-        self.allowed_origins = [
-            o.strip() for entry in self.allowed_origins for o in entry.split(",") if o.strip()
-        ]
+        self.allowed_origins = _split_commas(self.allowed_origins)
+        self.allowed_hosts = _split_commas(self.allowed_hosts)
+
+
+def _split_commas(entries: list[str]) -> list[str]:
+    return [item.strip() for entry in entries for item in entry.split(",") if item.strip()]
 
 
 @dataclass
