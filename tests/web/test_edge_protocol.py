@@ -118,7 +118,7 @@ async def test_content_length_with_transfer_encoding_is_refused_and_closed(tiny_
 
 async def test_h2c_upgrade_is_answered_in_http_1_1(tiny_server):
     request = (
-        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n"
         b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
     )
     stream_reply = await exchange(tiny_server.url, request, timeout_s=1.0)

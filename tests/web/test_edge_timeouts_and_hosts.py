@@ -12,13 +12,23 @@ import trio
 from trio_websocket import open_websocket_url
 
 from tests.web.conftest import running_server, tiny_engine_config
-from tests.web.raw_client import RawReply, connect, exchange, read_to_close
+from tests.web.helpers import metric, read_metrics, wait_for_metric
+from tests.web.raw_client import (
+    RawReply,
+    connect,
+    exchange,
+    read_to_close,
+    socket_inodes_of,
+    stall_websocket,
+    tcp_connections,
+)
 from triode.web.access import HostPolicy
 from triode.web.state import ServerConfig
 
 pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT_S = 1.5
+SEND_TIMEOUT_S = 2.0
 APP_ORIGIN = "https://app.example"
 
 
@@ -30,9 +40,11 @@ def server(tiny_folder):
         body_timeout_s=TIMEOUT_S,
         allowed_hosts=["api.example", ".corp.example"],
         allowed_origins=[APP_ORIGIN],
+        send_timeout_s=SEND_TIMEOUT_S,
         shutdown_timeout_s=2.0,
     )
-    yield from running_server(tiny_engine_config(tiny_folder), server_config)
+    engine_config = tiny_engine_config(tiny_folder, num_kv_blocks=2048)
+    yield from running_server(engine_config, server_config)
 
 
 async def _dribble(url: str, head: bytes, trickle: bytes, interval_s: float) -> RawReply:
@@ -133,6 +145,32 @@ async def test_an_idle_websocket_has_no_read_deadline(server):
         while (message := orjson.loads(await ws.get_message()))["type"] == "chunk":
             pass
         assert message["type"] == "done"
+
+
+async def test_a_websocket_that_never_reads_is_closed_and_its_descriptor_released(server):
+    """Issue 11: 32 generations with top_logprobs 20, then 40 invalid frames, over a socket
+    with a 4 KiB receive buffer that is never read. Before the edge, the close waited forever
+    (shielded) behind the full queues: ESTABLISHED, then CLOSE-WAIT once the client left."""
+    server_port = int(server.url.rsplit(":", 1)[1])
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        stream, inode = await stall_websocket(server.url, client)
+        client_port = stream.socket.getsockname()[1]
+        # The server gives up on the connection: its descriptor goes, its generations end.
+        start = time.monotonic()
+        with trio.fail_after(20):
+            while inode in socket_inodes_of():
+                await trio.sleep(0.05)
+        print(f"descriptor released {time.monotonic() - start:.2f} s after the stall began")
+        await wait_for_metric(client, "", "num_requests_running", lambda v: v == 0)
+        text = await read_metrics(client, "")
+        assert metric(text, "num_requests_waiting") == 0
+        assert metric(text, "kv_cache_usage_perc") == 0
+        # The client leaves: nothing of the connection is left in CLOSE-WAIT on our side.
+        await stream.aclose()
+        await trio.sleep(0.2)
+        states = [r[2] for r in tcp_connections() if r[:2] == (server_port, client_port)]
+        assert "CLOSE_WAIT" not in states and "ESTABLISHED" not in states, states
+        assert (await client.get("/health")).status_code == 200  # the server carries on
 
 
 # ---- Host check -----------------------------------------------------------------------------
