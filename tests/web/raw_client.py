@@ -17,7 +17,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, TextMessage
 from wsproto.events import Request as WSRequest
 
-from tests.web.helpers import wait_for_metric
+from tests.web.helpers import metric, read_metrics
 
 
 @dataclass
@@ -153,9 +153,17 @@ async def stall_websocket(url: str, client: httpx.AsyncClient) -> tuple[trio.Soc
         message = {"type": "chat.completion", "id": i, "request": STALLING}
         await stream.send_all(frame(ws, orjson.dumps(message).decode()))
     # Blocked for real: each chunk with 20 top logprobs is over 1 KB and the client's window
-    # is 4 KiB, so 500 tokens are far more than the socket buffers hold.
-    await wait_for_metric(client, "", "generation_tokens_total", lambda v: v >= 500, 60)
-    with trio.move_on_after(5):  # the server may have stopped reading too: never hang here
+    # is 4 KiB, so 500 tokens are far more than the socket buffers hold. (A slow machine may
+    # reach the send timeout first: the server has then already cut the connection.)
+    baseline = metric(await read_metrics(client, ""), "generation_tokens_total")
+    pair = (server_port, stream.socket.getsockname()[1])
+    with trio.fail_after(60):
+        while metric(await read_metrics(client, ""), "generation_tokens_total") < baseline + 500:
+            if not any(r[:3] == (*pair, "ESTABLISHED") for r in tcp_connections()):
+                break
+            await trio.sleep(0.02)
+    # The server may have stopped reading too (never hang here), or already given up on us.
+    with trio.move_on_after(5), contextlib.suppress(trio.BrokenResourceError):
         for _ in range(40):
             await stream.send_all(frame(ws, "not json"))
     return stream, inode
