@@ -46,6 +46,8 @@ WS_SENTINEL_TYPE = "fuzz.sentinel"
 WS_SENTINEL = orjson.dumps({"type": WS_SENTINEL_TYPE}).decode()
 # After that and after the last generation seen ended, how long to wait for anything further.
 WS_QUIET_S = 0.1
+# A raw case's client says EOF once the server has been quiet this long.
+RAW_QUIET_S = 0.3
 INNOCENT_TOKENS = 24
 INNOCENT = {"prompt": "Once upon a time", "max_tokens": INNOCENT_TOKENS, "ignore_eos": True}
 
@@ -198,9 +200,20 @@ async def _run_raw(case: RawCase, url: str) -> tuple[str, list[str]]:
         data = b""
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(case.data)
-            await stream.send_eof()  # then nothing more: the server must close, not wait
-            while chunk := await stream.receive_some(65536):
-                data += chunk
+            # Read the answer before saying we are done: the server takes a client's EOF as a
+            # disconnect (it aborts what is in flight), as it must for streams.
+            is_closed = False
+            while not is_closed:
+                with trio.move_on_after(RAW_QUIET_S) as quiet:
+                    chunk = await stream.receive_some(65536)
+                    data += chunk
+                    is_closed = not chunk
+                if quiet.cancelled_caught:
+                    break
+            if not is_closed:
+                await stream.send_eof()  # nothing more: the server must close, not wait
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
     response = first_response(data)
     if response is None:
         return "raw: no HTTP answer", []

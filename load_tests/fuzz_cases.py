@@ -108,7 +108,8 @@ def token_ids(target: FuzzTarget, *, allow_oov: bool = True) -> st.SearchStrateg
         return valid
     v = target.vocab_size
     oov = st.sampled_from([v, v + 1, -1, 2**31 - 1, 2**31, 2**32, 2**63 - 1, 2**63, -(2**63)])
-    return st.one_of(valid, oov, st.integers(min_value=v), st.integers(max_value=-1))
+    # Half in range, so requests get past the ids to whatever else they carry.
+    return st.one_of(valid, valid, valid, oov, st.integers(min_value=v), st.integers(max_value=-1))
 
 
 def _either(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -165,20 +166,38 @@ def sampling_fields(target: FuzzTarget, route: str) -> dict[str, st.SearchStrate
             response_format=st.sampled_from([{"type": "text"}, {"type": "json_object"}]),
             tools=st.lists(hostile_values(), max_size=2),
         )
-    return {name: _either(strategy) for name, strategy in fields.items()}
+    return fields
+
+
+@functools.cache
+def chaotic_fields(target: FuzzTarget, route: str) -> dict[str, st.SearchStrategy[Any]]:
+    return {name: _either(s) for name, s in sampling_fields(target, route).items()}
+
+
+@functools.cache
+def plausible_prompts(target: FuzzTarget) -> st.SearchStrategy[Any]:
+    """Prompts of the right shape; their token ids may still be out of the vocabulary."""
+    ids = token_ids(target)
+    return st.one_of(
+        st.text(min_size=1, max_size=60),
+        st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=3),
+        st.lists(ids, min_size=1, max_size=8),
+        st.lists(st.lists(ids, min_size=1, max_size=4), min_size=1, max_size=3),
+    )
 
 
 @functools.cache
 def prompts(target: FuzzTarget) -> st.SearchStrategy[Any]:
-    ids = token_ids(target)
-    return st.one_of(
-        st.text(max_size=60),
-        st.sampled_from(HOSTILE_STRINGS),
-        st.lists(st.text(max_size=20), min_size=1, max_size=3),
-        st.lists(ids, min_size=1, max_size=8),
-        st.lists(st.lists(ids, min_size=1, max_size=4), min_size=1, max_size=3),
-        hostile_values(),
-    )
+    return st.one_of(plausible_prompts(target), st.sampled_from(HOSTILE_STRINGS), hostile_values())
+
+
+@functools.cache
+def plausible_messages(target: FuzzTarget) -> st.SearchStrategy[Any]:
+    role = st.sampled_from(["system", "user", "assistant"])
+    part = st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=30)})
+    content = st.one_of(st.text(max_size=60), st.lists(part, max_size=3))
+    message = st.fixed_dictionaries({"role": role, "content": content})
+    return st.lists(message, min_size=1, max_size=4)
 
 
 @functools.cache
@@ -197,18 +216,33 @@ def messages(target: FuzzTarget) -> st.SearchStrategy[Any]:
     return st.one_of(st.lists(message, min_size=1, max_size=4), hostile_values())  # fmt: skip
 
 
+# How hostile a generation request is: every field plausible (out-of-vocabulary ids still
+# possible: they must reach the engine's checks), one field hostile, or each field either.
+BODY_MODES = ["plausible"] * 4 + ["ids"] * 2 + ["one-hostile"] * 3 + ["chaos"] * 2
+ID_FIELDS = ("stop_token_ids", "logit_bias", "allowed_token_ids")
+
+
 @st.composite
 def generation_body(draw: st.DrawFn, target: FuzzTarget, route: str) -> tuple[dict[str, Any], str | None]:  # fmt: skip
-    """A generation request: a valid core, then a random subset of fields, each plausible or
-    hostile. Returns the body and the known gap it touches, if any."""
+    """A generation request: a valid core and a random subset of the optional fields, as
+    hostile as BODY_MODES says. Returns the body and the known gap it touches, if any."""
+    mode = draw(st.sampled_from(BODY_MODES))
+    is_chaos = mode == "chaos"
     body: dict[str, Any] = {"model": target.model, "max_tokens": draw(st.integers(1, 8))}
     if route == "/v1/completions":
-        body["prompt"] = draw(prompts(target))
+        body["prompt"] = draw(prompts(target) if is_chaos else plausible_prompts(target))
     else:
-        body["messages"] = draw(messages(target))
-    fields = sampling_fields(target, route)
-    for name in draw(st.lists(st.sampled_from(sorted(fields)), max_size=6, unique=True)):
-        body[name] = draw(fields[name])
+        body["messages"] = draw(messages(target) if is_chaos else plausible_messages(target))
+    fields = chaotic_fields(target, route) if is_chaos else sampling_fields(target, route)
+    names = draw(st.lists(st.sampled_from(sorted(fields)), max_size=6, unique=True))
+    hostile = draw(st.sampled_from(names)) if mode == "one-hostile" and names else None
+    for name in names:
+        body[name] = draw(hostile_values() if name == hostile else fields[name])
+    if mode == "ids":  # ids everywhere ids go, in a request otherwise fit to run
+        for name in draw(st.lists(st.sampled_from(ID_FIELDS), min_size=1, unique=True)):
+            body[name] = draw(fields[name])
+        body["min_tokens"] = draw(st.integers(0, 2))  # stop ids are masked while below it
+        body["max_tokens"] = body["min_tokens"] + draw(st.integers(1, 4))
     if draw(st.integers(0, 9)) == 0:  # an unknown field or two is ignored, never fatal
         body[draw(st.text(min_size=1, max_size=10))] = draw(hostile_values())
     return body, _known_gap(body, target)
