@@ -28,9 +28,9 @@ from hypercorn.config import Config as HypercornConfig
 
 from triode.engine import AsyncEngine, EngineConfig, EngineState
 from triode.web.app import TriodeApp, create_app
+from triode.web.edge import EdgeLimits, serve_edge
 from triode.web.heartbeat import Heartbeat
 from triode.web.listen import open_listen_socket
-from triode.web.edge import EdgeLimits, serve_edge
 from triode.web.state import AppState, ServerConfig
 from triode.web.stats_log import log_stats_periodically
 
