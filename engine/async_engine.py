@@ -190,7 +190,9 @@ class AsyncEngine:
             with contextlib.suppress(KeyError):
                 trio.lowlevel.remove_instrument(instrument)
             if process is not None:
-                await process.close()
+                # NOTE: cancelled here means "stop at once" (a second signal): the child gets
+                # no grace, else a step in progress would hold the exit for seconds.
+                await process.close(is_graceful=not _is_cancelled())
             if self._state is not EngineState.DEAD:
                 self._state = EngineState.STOPPED
             self._draining.set()
@@ -450,3 +452,8 @@ class AsyncEngine:
     def _retry_after_s(self) -> int:
         """A hint for when the queue may have room (at least one second)."""
         return max(1, math.ceil(self._stats.num_waiting / max(1, self.config.max_num_seqs)))
+
+
+def _is_cancelled() -> bool:
+    """Whether the calling task's scope is cancelled (its effective deadline has passed)."""
+    return trio.current_effective_deadline() == -math.inf
