@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -145,13 +145,14 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" else None
 
 
-def check_key(expected: str | None, given: Iterable[str | None]) -> ApiError | None:
-    """None when no key is configured or one of the given candidates matches."""
-    if expected is None:
+def check_key(expected: str | Sequence[str] | None, given: Iterable[str | None]) -> ApiError | None:
+    """None when no key is configured or one of the given candidates matches one of them."""
+    keys = [expected] if isinstance(expected, str) else list(expected or [])
+    if not keys:
         return None
     candidates = [g for g in given if g]
     for candidate in candidates:
-        if hmac.compare_digest(candidate.encode(), expected.encode()):
+        if any(hmac.compare_digest(candidate.encode(), key.encode()) for key in keys):
             return None
     return key_refused(bool(candidates))
 
@@ -177,7 +178,7 @@ def cors_headers(origin: str) -> dict[str, str]:
 
 def preflight_headers(origin: str, requested_headers: str | None) -> dict[str, str]:
     headers = cors_headers(origin)
-    headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
     headers["Access-Control-Allow-Headers"] = requested_headers or "Authorization, Content-Type"
     headers["Access-Control-Max-Age"] = str(CORS_MAX_AGE_S)
     return headers

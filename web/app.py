@@ -35,6 +35,7 @@ from triode.web.errors import ApiError, api_error_from
 from triode.web.routes_admin import register_admin_routes
 from triode.web.routes_openai import register_openai_routes
 from triode.web.routes_page import PAGE_PATHS, register_page_routes
+from triode.web.routes_streams import register_stream_routes
 from triode.web.routes_ws import register_ws_route
 from triode.web.state import AppState
 
@@ -146,6 +147,7 @@ def create_app(state: AppState) -> TriodeApp:
         return api_error_from(error).to_response()  # logs it; a 500 only for our bugs
 
     register_openai_routes(app, state)
+    register_stream_routes(app, state)
     register_admin_routes(app, state)
     register_ws_route(app, state)
     register_page_routes(app)

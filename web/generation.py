@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from triode.engine import AsyncEngine
@@ -47,12 +48,19 @@ class Generation:
 
     @classmethod
     async def create(
-        cls, engine: AsyncEngine, kind: str, body: bytes | dict[str, Any]
+        cls,
+        engine: AsyncEngine,
+        kind: str,
+        body: bytes | dict[str, Any],
+        check: Callable[[PreparedRequest], object] | None = None,
     ) -> Generation:
-        """Prepare a request body in an input-processor worker thread, then submit it."""
+        """Prepare a request body in an input-processor worker thread, then submit it;
+        `check` may refuse the prepared request (raising) before anything is submitted."""
         engine.check_serving()  # before any work: the refusal says why
         processor = engine.input_processor
         prepared = await processor.run(functools.partial(prepare_request, kind, body))
+        if check is not None:
+            check(prepared)
         return await cls.start(engine, prepared, processor.token_text)
 
     @classmethod

@@ -46,6 +46,8 @@ class PreparedRequest:
     include_usage: bool
     echo: bool
     num_top_logprobs: int | None  # None: no logprobs wanted
+    resumable: bool | None = None  # as asked; the server's default decides None
+    resume_window_s: float | None = None
 
 
 def new_response_id(kind: str) -> str:
@@ -101,6 +103,8 @@ def prepare_request(
         include_usage=request.include_usage,
         echo=echo,
         num_top_logprobs=num_top,
+        resumable=request.resumable,
+        resume_window_s=request.resume_window_s,
     )
 
 

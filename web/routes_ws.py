@@ -22,6 +22,16 @@ from triode.web.access import (
 )
 from triode.web.errors import api_error_from, service_unavailable
 from triode.web.generation import Generation as EngineGeneration
+from triode.web.openai_records import OpenAIRecords
+from triode.web.prepare import PreparedRequest
+from triode.web.resumable import (
+    OPENAI,
+    StreamFollower,
+    find_stream,
+    open_reader,
+    owner_of,
+    resume_window,
+)
 from triode.web.state import AppState
 
 SUBPROTOCOL = "triode"
@@ -30,14 +40,40 @@ CLOSE_GOING_AWAY = 1001
 
 
 class EngineBackend:
-    """What a generation is, for the WebSocket session: the same path as the HTTP routes."""
+    """What a generation is, for the WebSocket session: the same path as the HTTP routes.
+    `owner` is the socket's key (resumable streams belong to it)."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, owner: str | None) -> None:
         self._state = state
+        self._owner = owner
 
     async def start(self, kind: str, request: dict[str, Any]) -> Generation:
+        state = self._state
+
+        def window_of(prepared: PreparedRequest) -> float | None:
+            return resume_window(state.config, prepared.resumable, prepared.resume_window_s)
+
         # A WebSocket always streams; `stream` in the body changes nothing.
-        return await EngineGeneration.create(self._state.engine, kind, {**request, "stream": True})
+        generation = await EngineGeneration.create(
+            state.engine, kind, {**request, "stream": True}, check=window_of
+        )
+        source = OpenAIRecords(generation)
+        window = window_of(generation.prepared)
+        if window is None:
+            return source
+        try:
+            reader = state.streams.start(
+                generation.prepared.response_id, OPENAI, source, owner=self._owner, window_s=window
+            )
+        except BaseException:
+            await generation.aclose()
+            raise
+        return StreamFollower(state.streams, reader, lambda: generation.usage)
+
+    async def resume(self, stream_id: str, after: int) -> Generation:
+        store = self._state.streams
+        stream = find_stream(store, stream_id, self._owner)
+        return StreamFollower(store, open_reader(store, stream, after))
 
     def error_object(self, exc: BaseException) -> dict[str, Any]:
         return api_error_from(exc).to_object()
@@ -54,20 +90,16 @@ class QuartTransport:
 
 
 def register_ws_route(app: Quart, state: AppState) -> None:
-    backend = EngineBackend(state)
-
     @app.websocket("/v1/ws")
     async def ws() -> Response | None:
         headers = websocket.headers
         origin = headers.get("Origin")
         if not is_origin_allowed(origin, headers.get("Host"), state.config.allowed_origins):
             return origin_refused(origin or "").to_response()
-        refusal = check_key(
-            state.config.api_key,
-            websocket_key_candidates(
-                headers, websocket.args.get("api_key"), websocket.requested_subprotocols
-            ),
+        candidates = websocket_key_candidates(
+            headers, websocket.args.get("api_key"), websocket.requested_subprotocols
         )
+        refusal = check_key(state.config.api_key, candidates)
         if refusal is not None:
             return refusal.to_response()
         if state.engine.draining.is_set():
@@ -86,6 +118,7 @@ def register_ws_route(app: Quart, state: AppState) -> None:
         try:
             offered = websocket.requested_subprotocols
             await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+            backend = EngineBackend(state, owner_of(state.config.api_key, candidates))
             session = WebSocketSession(QuartTransport(), backend, limits)
             await session.run(draining=state.engine.draining)
             # Only a draining server ends a session while the peer is still there.

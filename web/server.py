@@ -128,6 +128,8 @@ async def serve(
                     await engine_stopped.wait()
                 nursery.cancel_scope.cancel()  # the straggler timer, if still waiting
 
+        # Resumable streams' tasks: cancelled with the server, after hypercorn has stopped.
+        await nursery.start(state.streams.run)
         try:
             binds = await nursery.start(run_http)
         finally:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from triode.streaming.stream_store import StreamStore
 from triode.streaming.ws_limits import WebSocketLimits
 
 if TYPE_CHECKING:  # the command line imports ServerConfig before anything heavy
@@ -25,9 +26,10 @@ class ServerConfig:
     """Address to listen on: 127.0.0.1 serves this machine only, 0.0.0.0 every interface."""
     port: int = 8000
     """TCP port to listen on (0 picks a free one)."""
-    api_key: str | None = None
+    api_key: list[str] = field(default_factory=list)
     """Require `Authorization: Bearer KEY` on every API route (WebSockets may also send
-    ?api_key=KEY or the subprotocol bearer.KEY). Unset: no key needed."""
+    ?api_key=KEY or the subprotocol bearer.KEY). Several keys may be given; a resumable stream
+    or a stored response belongs to the key that made it. Unset: no key needed."""
     allowed_origins: list[str] = field(default_factory=list)
     """Browser origins (e.g. https://chat.example.com) allowed to call the API and open
     WebSockets, besides same-origin pages and localhost; `*` allows every origin. Several may
@@ -66,11 +68,26 @@ class ServerConfig:
     """Log one line per HTTP request."""
     log_level: LogLevel = "info"
     """Logging level; `debug` also prints tracebacks of start-up failures."""
+    resume_window_s: float = 0.0
+    """Make streams resumable by default: when its client goes away, a generation keeps running
+    this many seconds, its chunks buffered, waiting for a resume (GET /v1/streams/{id}, or a
+    WebSocket `resume`). 0: a disconnect aborts, as without resumable streams, except for
+    requests that ask with "resumable": true (their window: their own resume_window_s, or 30 s)."""
+    max_resume_window_s: float = 600.0
+    """The longest window a request may ask for; 0 turns resumable streams off."""
+    resume_buffer_mib: float = 256.0
+    """Memory for the chunks of all resumable streams together; past it, the oldest stream is
+    stopped and its buffer dropped (finished or unread streams first)."""
+    resume_stream_buffer_mib: float = 8.0
+    """Memory for one resumable stream's chunks; a generation that would pass it is stopped."""
     stats_log_interval_s: float = 10.0
     """While busy, log a one-line summary (throughput, running, waiting, KV-cache use,
     prefix-cache hit rate) this often; 0 turns it off."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.api_key, str):  # ServerConfig(api_key="k") means one key
+            self.api_key = [self.api_key]
+        self.api_key = [k for k in (self.api_key or []) if k]
         # Comma lists are split, so `--allowed-origins a,b` and `--allowed-origins a b` agree.
         self.allowed_origins = _split_commas(self.allowed_origins)
         self.allowed_hosts = _split_commas(self.allowed_hosts)
@@ -83,11 +100,12 @@ def _split_commas(entries: list[str]) -> list[str]:
 @dataclass
 class AppState:
     """Shared by every handler: the engine actor (its `state` says whether it serves, drains
-    or failed), the options and the WebSocket limits."""
+    or failed), the options, the WebSocket limits and the resumable streams."""
 
     engine: AsyncEngine
     config: ServerConfig
     ws_limits: WebSocketLimits
+    streams: StreamStore  # resumable streams; its `run` task is started by serve()
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -97,4 +115,8 @@ class AppState:
             max_generations_per_socket=config.max_ws_generations_per_socket,
             max_generations=config.max_ws_generations,
         )
-        return cls(engine, config, limits)
+        streams = StreamStore(
+            max_total_bytes=int(config.resume_buffer_mib * 2**20),
+            max_stream_bytes=int(config.resume_stream_buffer_mib * 2**20),
+        )
+        return cls(engine, config, limits, streams)
