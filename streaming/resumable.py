@@ -15,7 +15,7 @@ with no polling.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -51,6 +51,8 @@ class ResumableStream:
         self.num_bytes = 0
         self.num_readers = 0
         self.stop_reason: str | None = None  # why it was stopped early, if it was
+        # The records that end it when stopped early (its source's `stopped`).
+        self.stopped_records: Callable[[str, str], list[Record]] = lambda reason, message: []
         self.is_removed = False
         self._store = store
         self._records: list[Record] = []
@@ -100,14 +102,21 @@ class ResumableStream:
             self._is_finished = True
         self._lot.unpark_all()
 
-    def clear_nowait(self) -> int:
-        """Drop every record (eviction); returns the bytes freed. Readers skip ahead."""
+    def clear_nowait(self, ending: list[Record]) -> int:
+        """Drop every record (eviction); returns the bytes freed. Readers skip ahead to what
+        follows: the records `ending` the log, added here when the stream had finished (a
+        reader behind must learn it lost records, never see a normal end after a gap), or
+        else by its owning task once the generation stops."""
         freed = self.num_bytes
         self._first_seq = self.next_seq
         self._records = []
         self.num_bytes = 0
+        if self._is_finished:
+            for record in ending:
+                self._records.append(record.at(self.next_seq))
+                self.num_bytes += len(record.payload) + RECORD_OVERHEAD_BYTES
         self._lot.unpark_all()
-        return freed
+        return freed - self.num_bytes
 
     # ---- expiry ---------------------------------------------------------------------------
     def govern(self, scope: trio.CancelScope) -> None:

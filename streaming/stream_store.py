@@ -98,6 +98,7 @@ class StreamStore:
         if stream_id in self._streams:
             raise ValueError(f"stream id {stream_id!r} is already in use")
         stream = ResumableStream(self, stream_id, protocol, owner, window_s, self.max_stream_bytes)
+        stream.stopped_records = source.stopped
         self._streams[stream_id] = stream
         if alias is not None:
             self._aliases[(owner, alias)] = stream_id
@@ -158,7 +159,10 @@ class StreamStore:
         logger.info("evicting resumable stream %s (buffers over the total bound)", stream.stream_id)
         self.counters.num_evicted += 1
         self._stop(stream, EVICTED)
-        self.num_bytes -= stream.clear_nowait()  # the memory goes now, not when its task ends
+        # The memory goes now, not when its task ends.
+        self.num_bytes -= stream.clear_nowait(
+            stream.stopped_records(EVICTED, _STOP_MESSAGES[EVICTED])
+        )
         self._unindex(stream)
 
     def _stop(self, stream: ResumableStream, reason: str) -> None:
@@ -198,11 +202,12 @@ class StreamStore:
                 async for record in source:
                     if stream.is_removed:
                         break
+                    if record.is_terminal:  # always kept: readers must learn how it ended
+                        stream.finish_nowait([record])
+                        break
                     if not stream.append_nowait(record):
                         stream.stop_reason = stream.stop_reason or OVERFLOW
                         self.counters.num_overflowed += 1
-                        break
-                    if record.is_terminal:
                         break
             except Exception:  # a bug in the source: end the stream, keep the server
                 logger.exception("a resumable stream's source failed")
