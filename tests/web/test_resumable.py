@@ -12,24 +12,22 @@ import pytest
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from tests.web.conftest import running_server, tiny_engine_config
+from tests.web.conftest import KEYED_SERVER_KEYS
 from tests.web.helpers import metric, read_metrics, stream_sse, wait_for_metric
 from triode.streaming.sse import DONE_DATA, SSEDecoder
-from triode.web.state import ServerConfig
 
 pytestmark = pytest.mark.timeout(120)
 
-KEY_A, KEY_B = "sk-alice", "sk-bob"
+KEY_A, KEY_B = KEYED_SERVER_KEYS
 AUTH_A = {"Authorization": f"Bearer {KEY_A}"}
 AUTH_B = {"Authorization": f"Bearer {KEY_B}"}
 # Long enough to still be running 1 s after the drop (the tiny model: ~1-3 ms a step).
 BODY = {"prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
 
 
-@pytest.fixture(scope="module")
-def server(tiny_folder):
-    config = ServerConfig(port=0, api_key=[KEY_A, KEY_B], shutdown_timeout_s=2.0)
-    yield from running_server(tiny_engine_config(tiny_folder, max_num_seqs=8), config)
+@pytest.fixture
+def server(keyed_server):
+    return keyed_server
 
 
 @pytest.fixture
