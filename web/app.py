@@ -33,6 +33,7 @@ from triode.web.access import (
 )
 from triode.web.errors import ApiError, api_error_from
 from triode.web.routes_admin import register_admin_routes
+from triode.web.routes_ai_sdk import register_ai_sdk_routes
 from triode.web.routes_openai import register_openai_routes
 from triode.web.routes_page import PAGE_PATHS, register_page_routes
 from triode.web.routes_streams import register_stream_routes
@@ -148,6 +149,7 @@ def create_app(state: AppState) -> TriodeApp:
 
     register_openai_routes(app, state)
     register_stream_routes(app, state)
+    register_ai_sdk_routes(app, state)
     register_admin_routes(app, state)
     register_ws_route(app, state)
     register_page_routes(app)

@@ -48,6 +48,7 @@ class PreparedRequest:
     num_top_logprobs: int | None  # None: no logprobs wanted
     resumable: bool | None = None  # as asked; the server's default decides None
     resume_window_s: float | None = None
+    alias: str | None = None  # the client's name for the conversation (the AI SDK's chat id)
 
 
 def new_response_id(kind: str) -> str:

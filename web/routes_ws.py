@@ -8,11 +8,13 @@ README.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from quart import Quart, Response, websocket
 
 from triode.engine import EngineNotReadyError
+from triode.streaming.ws_mux import WebSocketMux
 from triode.streaming.ws_session import Generation, WebSocketSession
 from triode.web.access import (
     check_key,
@@ -92,37 +94,47 @@ class QuartTransport:
 def register_ws_route(app: Quart, state: AppState) -> None:
     @app.websocket("/v1/ws")
     async def ws() -> Response | None:
-        headers = websocket.headers
-        origin = headers.get("Origin")
-        if not is_origin_allowed(origin, headers.get("Host"), state.config.allowed_origins):
-            return origin_refused(origin or "").to_response()
-        candidates = websocket_key_candidates(
-            headers, websocket.args.get("api_key"), websocket.requested_subprotocols
-        )
-        refusal = check_key(state.config.api_key, candidates)
-        if refusal is not None:
-            return refusal.to_response()
-        if state.engine.draining.is_set():
-            try:
-                state.engine.check_serving()
-            except EngineNotReadyError as exc:  # says why: shutting down, or the engine failed
-                return api_error_from(exc).to_response()
-        limits = state.ws_limits
-        if not limits.can_open_connection():
-            return service_unavailable(
-                f"too many WebSocket connections (limit {limits.max_connections})",
-                "too_many_connections",
-                1,
-            ).to_response()
-        limits.open_connection()
+        def session(owner: str | None) -> WebSocketMux:
+            return WebSocketSession(QuartTransport(), EngineBackend(state, owner), state.ws_limits)
+
+        return await serve_websocket(state, session, SUBPROTOCOL)
+
+
+async def serve_websocket(
+    state: AppState, make_session: Callable[[str | None], WebSocketMux], subprotocol: str
+) -> Response | None:
+    """The handshake checks, then `make_session(owner)` runs until the socket ends. `owner`
+    identifies the key the client sent (None without --api-key)."""
+    headers = websocket.headers
+    origin = headers.get("Origin")
+    if not is_origin_allowed(origin, headers.get("Host"), state.config.allowed_origins):
+        return origin_refused(origin or "").to_response()
+    candidates = websocket_key_candidates(
+        headers, websocket.args.get("api_key"), websocket.requested_subprotocols
+    )
+    refusal = check_key(state.config.api_key, candidates)
+    if refusal is not None:
+        return refusal.to_response()
+    if state.engine.draining.is_set():
         try:
-            offered = websocket.requested_subprotocols
-            await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-            backend = EngineBackend(state, owner_of(state.config.api_key, candidates))
-            session = WebSocketSession(QuartTransport(), backend, limits)
-            await session.run(draining=state.engine.draining)
-            # Only a draining server ends a session while the peer is still there.
-            await websocket.close(CLOSE_GOING_AWAY, "the server is shutting down")
-        finally:
-            limits.close_connection()
-        return None
+            state.engine.check_serving()
+        except EngineNotReadyError as exc:  # says why: shutting down, or the engine failed
+            return api_error_from(exc).to_response()
+    limits = state.ws_limits
+    if not limits.can_open_connection():
+        return service_unavailable(
+            f"too many WebSocket connections (limit {limits.max_connections})",
+            "too_many_connections",
+            1,
+        ).to_response()
+    limits.open_connection()
+    try:
+        offered = websocket.requested_subprotocols
+        await websocket.accept(subprotocol=subprotocol if subprotocol in offered else None)
+        session = make_session(owner_of(state.config.api_key, candidates))
+        await session.run(draining=state.engine.draining)
+        # Only a draining server ends a session while the peer is still there.
+        await websocket.close(CLOSE_GOING_AWAY, "the server is shutting down")
+    finally:
+        limits.close_connection()
+    return None
