@@ -36,6 +36,7 @@ from triode.web.routes_admin import register_admin_routes
 from triode.web.routes_ai_sdk import register_ai_sdk_routes
 from triode.web.routes_openai import register_openai_routes
 from triode.web.routes_page import PAGE_PATHS, register_page_routes
+from triode.web.routes_responses import register_responses_routes
 from triode.web.routes_streams import register_stream_routes
 from triode.web.routes_ws import register_ws_route
 from triode.web.state import AppState
@@ -150,6 +151,7 @@ def create_app(state: AppState) -> TriodeApp:
     register_openai_routes(app, state)
     register_stream_routes(app, state)
     register_ai_sdk_routes(app, state)
+    register_responses_routes(app, state)
     register_admin_routes(app, state)
     register_ws_route(app, state)
     register_page_routes(app)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from triode.streaming.stream_store import StreamStore
 from triode.streaming.ws_limits import WebSocketLimits
+from triode.web.response_store import ResponseStore
 
 if TYPE_CHECKING:  # the command line imports ServerConfig before anything heavy
     from triode.engine import AsyncEngine
@@ -80,6 +81,13 @@ class ServerConfig:
     stopped and its buffer dropped (finished or unread streams first)."""
     resume_stream_buffer_mib: float = 8.0
     """Memory for one resumable stream's chunks; a generation that would pass it is stopped."""
+    max_stored_responses: int = 10_000
+    """Responses API: how many responses (`"store": true`) are kept for GET and
+    previous_response_id; past it, the least recently used go first."""
+    response_store_mib: float = 256.0
+    """Responses API: memory for stored responses and their conversations."""
+    response_store_ttl_s: float = 3600.0
+    """Responses API: a stored response is forgotten this long after it was stored."""
     stats_log_interval_s: float = 10.0
     """While busy, log a one-line summary (throughput, running, waiting, KV-cache use,
     prefix-cache hit rate) this often; 0 turns it off."""
@@ -106,6 +114,7 @@ class AppState:
     config: ServerConfig
     ws_limits: WebSocketLimits
     streams: StreamStore  # resumable streams; its `run` task is started by serve()
+    responses: ResponseStore  # the Responses API's stored responses
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -119,4 +128,9 @@ class AppState:
             max_total_bytes=int(config.resume_buffer_mib * 2**20),
             max_stream_bytes=int(config.resume_stream_buffer_mib * 2**20),
         )
-        return cls(engine, config, limits, streams)
+        responses = ResponseStore(
+            max_responses=config.max_stored_responses,
+            max_bytes=int(config.response_store_mib * 2**20),
+            ttl_s=config.response_store_ttl_s,
+        )
+        return cls(engine, config, limits, streams, responses)
