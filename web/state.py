@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from triode.streaming.stream_store import StreamStore
 from triode.streaming.ws_limits import WebSocketLimits
-from triode.web.response_store import ResponseStore
 
-if TYPE_CHECKING:  # the command line imports ServerConfig before anything heavy
+if TYPE_CHECKING:  # the command line imports ServerConfig before anything heavy (trio too)
     from triode.engine import AsyncEngine
+    from triode.streaming.stream_store import StreamStore
+    from triode.web.response_store import ResponseStore
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -119,6 +119,9 @@ class AppState:
 
     @classmethod
     def create(cls, engine: AsyncEngine, config: ServerConfig) -> AppState:
+        from triode.streaming.stream_store import StreamStore
+        from triode.web.response_store import ResponseStore
+
         limits = WebSocketLimits(
             max_connections=config.max_ws_connections,
             max_generations_per_socket=config.max_ws_generations_per_socket,
