@@ -22,9 +22,9 @@ from pathlib import Path
 
 import httpx
 import trio
+from httpx_sse import EventSource
 
 from triode.load_tests.servers import free_port, running_server, triode_command
-from triode.streaming.sse import SSEDecoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -49,16 +49,14 @@ async def turn(client: httpx.AsyncClient, body: dict) -> tuple[float, dict]:
     start = time.perf_counter()
     first: float | None = None
     final: dict = {}
-    decoder = SSEDecoder()
     async with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as response:
         response.raise_for_status()
-        async for raw in response.aiter_raw():
-            for event in decoder.feed_events(raw):
-                data = json.loads(event.data)
-                if data["type"] == "response.output_text.delta" and first is None:
-                    first = time.perf_counter() - start
-                if data["type"] in ("response.completed", "response.incomplete"):
-                    final = data["response"]
+        async for event in EventSource(response).aiter_sse():
+            data = json.loads(event.data)
+            if data["type"] == "response.output_text.delta" and first is None:
+                first = time.perf_counter() - start
+            if data["type"] in ("response.completed", "response.incomplete"):
+                final = data["response"]
     assert first is not None, "no text was streamed"
     return first, final
 
