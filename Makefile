@@ -31,7 +31,7 @@ browser:
 			apt-get install -y --no-install-recommends chromium chromium-driver; } \
 		|| echo "make: chromium not installed; the browser tests will be skipped"; fi
 
-# The Vercel `ai` package for tests/web/test_ai_sdk.py (pinned in tests/web/node's lock file).
+# The Vercel `ai` package for tests/web/test_ai_sdk_structured.py (pinned in tests/web/node's lock file).
 # Not fatal: without node/npm or the registry, that test skips and says why.
 NODE_DIR := tests/web/node
 node:

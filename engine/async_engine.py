@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
 import logging
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import trio
 
+from triode.engine.actor_process import MAX_FAILED_STEPS, Add, EngineState, ProcessLoop, Shutdown
 from triode.engine.config import EngineConfig
 from triode.engine.core.scheduler import SchedulerStats
 from triode.engine.core_client import CoreProcess
@@ -56,34 +55,10 @@ from triode.streaming.request_stream import RequestStream
 
 logger = logging.getLogger(__name__)
 
-# Consecutive failed steps after which the engine is declared dead.
-_MAX_FAILED_STEPS = 3
 _INBOX_SIZE = 256
 
 
-class EngineState(enum.Enum):
-    """The actor's lifecycle: LOADING -> READY -> DRAINING -> STOPPED; DEAD from any state
-    when the engine fails. Only READY takes new requests."""
-
-    LOADING = "loading"
-    READY = "ready"
-    DRAINING = "draining"  # finishing what it has, taking nothing new
-    STOPPED = "stopped"  # shut down
-    DEAD = "dead"  # failed to load or while running; see `dead_reason`
-
-
-@dataclass(slots=True)
-class _Add:
-    request_id: str
-    engine_input: EngineInput
-    stream: RequestStream
-
-
-class _Shutdown:
-    pass
-
-
-class AsyncEngine:
+class AsyncEngine(ProcessLoop):
     def __init__(self, config: EngineConfig | None = None, engine: LLMEngine | None = None) -> None:
         self.config = config or (engine.config if engine else EngineConfig())
         self._core = engine
@@ -195,7 +170,9 @@ class AsyncEngine:
             with contextlib.suppress(KeyError):
                 trio.lowlevel.remove_instrument(instrument)
             if process is not None:
-                await process.close()
+                # NOTE: cancelled here means "stop at once" (a second signal): the child gets
+                # no grace, else a step in progress would hold the exit for seconds.
+                await process.close(is_graceful=not _is_cancelled())
             if self._state is not EngineState.DEAD:
                 self._state = EngineState.STOPPED
             self._draining.set()
@@ -227,62 +204,13 @@ class AsyncEngine:
             deltas = await trio.to_thread.run_sync(timed_step, core, self.profile)
             self._dispatch(deltas)
             self._update_stats(core.stats())
-            if core.num_failed_steps >= _MAX_FAILED_STEPS:
+            if core.num_failed_steps >= MAX_FAILED_STEPS:
                 self._mark_dead(core.last_error or "repeated step failures")
                 return
 
-    async def _loop_process(self, process: CoreProcess) -> None:
-        """The actor's side of an engine core in a child process: one task forwards commands
-        and aborts, this one hands the child's outputs to the request streams. The child's
-        exit (or a crash) makes the engine DEAD, unless it was asked to stop."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forward_commands, process, nursery.cancel_scope)
-            while True:
-                try:
-                    message = await process.receive()
-                except EOFError:
-                    if not self._stopping:
-                        await process.close()
-                        self._mark_dead(process.exit_description())
-                    nursery.cancel_scope.cancel()
-                    return
-                _, deltas, stats, num_adds, num_failed, last_error, timing = message
-                self._num_queued_adds -= num_adds - self._num_child_adds
-                self._num_child_adds = num_adds
-                self._dispatch(deltas)
-                self._update_stats(stats)
-                step_s, forward_s, num_tokens = timing
-                if num_tokens:
-                    self.profile.add_step(step_s, forward_s, num_tokens, 0.0, 0.0)
-                if num_failed >= _MAX_FAILED_STEPS:
-                    self._mark_dead(last_error or "repeated step failures")
-                    nursery.cancel_scope.cancel()
-                    return
-
-    async def _forward_commands(self, process: CoreProcess, cancel_scope: trio.CancelScope) -> None:
-        """Send queued adds, then pending aborts, to the child. `abort_nowait` cancels the
-        wait for a command (never a send: a cut-off frame would corrupt the stream)."""
-        while True:
-            command = None
-            if not self._pending_aborts:
-                with trio.CancelScope() as self._abort_scope:
-                    command = await self._recv.receive()
-                self._abort_scope = None
-            if isinstance(command, _Shutdown):
-                self._stopping = True
-                await process.close()
-                cancel_scope.cancel()
-                return
-            if isinstance(command, _Add):
-                await process.send(("add", command.request_id, command.engine_input))
-            if self._pending_aborts:
-                aborts = list(self._pending_aborts)
-                self._pending_aborts.clear()
-                await process.send(("abort", aborts))
-
     def _apply(self, core: LLMEngine, command: Any) -> bool:
         """Apply one command between steps; False means stop."""
-        if isinstance(command, _Add):
+        if isinstance(command, Add):
             self._num_queued_adds -= 1
             try:
                 core.add_input(command.request_id, command.engine_input)
@@ -291,7 +219,7 @@ class AsyncEngine:
                 message = str(exc)
                 self._tracked.pop(command.request_id, None)
                 command.stream.finish_nowait(lambda i: error_delta(command.request_id, i, message))
-        elif isinstance(command, _Shutdown):
+        elif isinstance(command, Shutdown):
             return False
         return True
 
@@ -383,7 +311,7 @@ class AsyncEngine:
         sent = 0
         try:
             for request_id, engine_input, stream in zip(request_ids, engine_inputs, streams):
-                await self._send.send(_Add(request_id, engine_input, stream))
+                await self._send.send(Add(request_id, engine_input, stream))
                 sent += 1
         except BaseException as exc:
             self._num_queued_adds -= num - sent
@@ -430,7 +358,7 @@ class AsyncEngine:
         self.begin_draining()
         if self._state is not EngineState.STOPPED:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._send.send(_Shutdown())
+                await self._send.send(Shutdown())
 
     # ---- helpers ----------------------------------------------------------------------------
     def check_serving(self) -> None:
@@ -455,3 +383,8 @@ class AsyncEngine:
     def _retry_after_s(self) -> int:
         """A hint for when the queue may have room (at least one second)."""
         return max(1, math.ceil(self._stats.num_waiting / max(1, self.config.max_num_seqs)))
+
+
+def _is_cancelled() -> bool:
+    """Whether the calling task's scope is cancelled (its effective deadline has passed)."""
+    return trio.current_effective_deadline() == -math.inf

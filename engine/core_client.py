@@ -82,10 +82,12 @@ class CoreProcess:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise EOFError(str(exc)) from None
 
-    async def close(self) -> None:
-        """Ask the child to stop; kill it if it has not within a few seconds. Shielded: runs
-        to the end even when the caller is being cancelled."""
+    async def close(self, *, is_graceful: bool = True) -> None:
+        """Ask the child to stop; kill it if it has not within a few seconds (at once when not
+        `is_graceful`). Shielded: runs to the end even when the caller is being cancelled."""
         with trio.CancelScope(shield=True):
+            if not is_graceful:
+                await _kill(self.process)
             if self.process.returncode is None:
                 try:
                     with trio.move_on_after(1.0):

@@ -45,7 +45,7 @@ def serve(frames: BlockingFrames) -> int:
     from triode.engine.core_client import EngineStartError
     from triode.engine.errors import InvalidRequestError
     from triode.engine.llm_engine import LLMEngine
-    from triode.engine.thread_policy import ThreadPolicy
+    from triode.engine.thread_policy import ThreadPolicy, threads_beside_front_end
     from triode.streaming.delta import RequestDelta
 
     try:
@@ -58,8 +58,13 @@ def serve(frames: BlockingFrames) -> int:
         frames.send(("failed", exc))
         return 1
     if engine.thread_policy is not None:  # the server that owns us is our own front end
-        policy = engine.thread_policy
-        engine.thread_policy = ThreadPolicy(policy.max_threads, our_pids=("self", os.getppid()))
+        torch_threads = engine.thread_policy.max_threads
+        max_threads = threads_beside_front_end(torch_threads)
+        if max_threads != torch_threads:
+            import torch
+
+            torch.set_num_threads(max_threads)
+        engine.thread_policy = ThreadPolicy(max_threads, our_pids=("self", os.getppid()))
     frames.send(("ready", engine.model_info))
     num_adds = 0
     while True:

@@ -64,6 +64,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def threads_beside_front_end(torch_threads: int, cores: int | None = None) -> int:
+    """The most threads an engine process should use: with more than two cores, one is left
+    to the server's event loop (and the client on the same machine), so torch's barriers are
+    not held up by the front end's bursts; with one or two cores the model needs them all
+    (the front end's share is small and the adaptive count reacts to anything bigger)."""
+    cores = cores or available_cores()
+    if cores > 2:
+        return max(1, min(torch_threads, cores - 1))
+    return torch_threads
+
+
 class ThreadPolicy:
     """Adapts torch's thread count to the cores other processes leave free (module docstring).
 

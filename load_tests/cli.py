@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["fuzz"]:  # hostile requests against a running server (load_tests/fuzz.py)
+        from triode.load_tests.fuzz import main as fuzz_main
+
+        return fuzz_main(argv[1:])
     if argv[:1] == ["hf-server"]:
         from triode.load_tests.hf_server import main as hf_main
 

@@ -1,4 +1,5 @@
-"""The server: a quart-trio app on hypercorn's trio worker, and the `triode` command.
+"""The server: a quart-trio app behind our HTTP/WebSocket edge (web/edge/: sockets and
+connections, on hypercorn's protocol code), and the `triode` command.
 
     web.server.serve(engine_config, server_config, shutdown_trigger)   # run it (trio)
     web.app.create_app(state)                                          # the ASGI app

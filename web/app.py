@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from quart import Response, request
+from quart import Response, g, request, websocket
 from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers import TrioRequest
@@ -22,17 +22,22 @@ from werkzeug.exceptions import HTTPException
 
 from triode.web.access import (
     OPEN_PATHS,
+    HostPolicy,
     bearer_token,
     check_key,
     cors_headers,
+    host_refused,
     is_origin_allowed,
     origin_refused,
     preflight_headers,
 )
 from triode.web.errors import ApiError, api_error_from
 from triode.web.routes_admin import register_admin_routes
+from triode.web.routes_ai_sdk import register_ai_sdk_routes
 from triode.web.routes_openai import register_openai_routes
 from triode.web.routes_page import PAGE_PATHS, register_page_routes
+from triode.web.routes_responses import register_responses_routes
+from triode.web.routes_streams import register_stream_routes
 from triode.web.routes_ws import register_ws_route
 from triode.web.state import AppState
 
@@ -95,11 +100,17 @@ def create_app(state: AppState) -> TriodeApp:
     )
     app.extensions["triode"] = state
 
+    host_policy = HostPolicy.for_server(state.config.host, state.config.allowed_hosts)
+
     @app.before_request
     async def check_access() -> Response | None:
+        host = request.headers.get("Host")
+        if not host_policy.allows(host):
+            return host_refused(host or "").to_response()
         origin = request.headers.get("Origin")
-        if not is_origin_allowed(origin, request.host, state.config.allowed_origins):
+        if not is_origin_allowed(origin, host, state.config.allowed_origins):
             return origin_refused(origin or "").to_response()
+        g.cors_origin = origin  # only an allowed origin gets CORS headers
         if request.method == "OPTIONS" and origin is not None:  # a CORS preflight
             requested = request.headers.get("Access-Control-Request-Headers")
             return Response(b"", status=204, headers=preflight_headers(origin, requested))
@@ -109,10 +120,15 @@ def create_app(state: AppState) -> TriodeApp:
                 return refusal.to_response()
         return None
 
+    @app.before_websocket
+    async def check_websocket_host() -> Response | None:
+        host = websocket.headers.get("Host")
+        return None if host_policy.allows(host) else host_refused(host or "").to_response()
+
     @app.after_request
     async def add_cors_headers(response: Response) -> Response:
-        origin = request.headers.get("Origin")
-        if origin is not None:  # refused origins never get this far
+        origin = g.get("cors_origin")
+        if origin is not None:  # set by check_access for allowed origins only
             response.headers.update(cors_headers(origin))
         return response
 
@@ -133,6 +149,9 @@ def create_app(state: AppState) -> TriodeApp:
         return api_error_from(error).to_response()  # logs it; a 500 only for our bugs
 
     register_openai_routes(app, state)
+    register_stream_routes(app, state)
+    register_ai_sdk_routes(app, state)
+    register_responses_routes(app, state)
     register_admin_routes(app, state)
     register_ws_route(app, state)
     register_page_routes(app)

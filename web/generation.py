@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import functools
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from triode.engine import AsyncEngine
+from triode.engine import AsyncEngine, Preprocessor
 from triode.streaming.delta import RequestDelta
 from triode.streaming.request_stream import RequestStream
 from triode.web.errors import ApiError, internal_error, service_unavailable
@@ -51,15 +52,28 @@ class Generation:
         engine: AsyncEngine,
         kind: str,
         body: bytes | dict[str, Any],
+        check: Callable[[PreparedRequest], object] | None = None,
         *,
         tool_call_parser: str = "auto",
     ) -> Generation:
-        """Prepare a request body in an input-processor worker thread, then submit it."""
+        """Prepare a request body in an input-processor worker thread, then submit it;
+        `check` may refuse the prepared request (raising) before anything is submitted."""
+        prepare = functools.partial(prepare_request, kind, body, tool_call_parser=tool_call_parser)
+        return await cls.create_with(engine, prepare, check)
+
+    @classmethod
+    async def create_with(
+        cls,
+        engine: AsyncEngine,
+        prepare: Callable[[Preprocessor], PreparedRequest],
+        check: Callable[[PreparedRequest], object] | None = None,
+    ) -> Generation:
+        """`create` with another way from a body to a PreparedRequest (run in the worker)."""
         engine.check_serving()  # before any work: the refusal says why
         processor = engine.input_processor
-        prepared = await processor.run(
-            functools.partial(prepare_request, kind, body, tool_call_parser=tool_call_parser)
-        )
+        prepared = await processor.run(prepare)
+        if check is not None:
+            check(prepared)
         return await cls.start(engine, prepared, processor.token_text)
 
     @classmethod

@@ -50,6 +50,9 @@ class PreparedRequest:
     echo: bool
     num_top_logprobs: int | None  # None: no logprobs wanted
     tools: ToolPlan | None = None  # chat with tools offered (tool_choice not "none")
+    resumable: bool | None = None  # as asked; the server's default decides None
+    resume_window_s: float | None = None
+    alias: str | None = None  # the client's name for the conversation (the AI SDK's chat id)
 
 
 def new_response_id(kind: str) -> str:
@@ -126,6 +129,8 @@ def prepare_request(
         echo=echo,
         num_top_logprobs=num_top,
         tools=plan,
+        resumable=request.resumable,
+        resume_window_s=request.resume_window_s,
     )
 
 

@@ -59,6 +59,9 @@ class _SamplingRequest(StructuredFields):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     priority: int = 0
+    # triode's: keep the stream alive across disconnects (web/resumable.py)
+    resumable: bool | None = None
+    resume_window_s: float | None = Field(None, gt=0)
     # Accepted for compatibility, refused unless left at a value that changes nothing.
     best_of: int | None = None
 
@@ -79,6 +82,8 @@ class _SamplingRequest(StructuredFields):
     def _check_combinations(self) -> _SamplingRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options: only allowed when stream is true")
+        if (self.resumable or self.resume_window_s) and not self.stream:
+            raise ValueError("resumable: only streams are resumable (set stream to true)")
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError("best_of: not supported (use n)")
         return self

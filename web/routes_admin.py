@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prometheus_client import generate_latest
 from quart import Quart, Response, request
 
 from triode import __version__
@@ -10,11 +11,14 @@ from triode.web.errors import api_error_from, bad_request, json_response
 from triode.web.prepare import chat_messages, check_model
 from triode.web.protocol import DetokenizeRequest, TokenizeRequest, parse_body
 from triode.web.state import AppState
+from triode.web.stream_metrics import stream_metrics_renderer
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def register_admin_routes(app: Quart, state: AppState) -> None:
+    stream_registry = stream_metrics_renderer(state.streams)
+
     @app.get("/health")
     async def health() -> Response:
         """200 while the engine serves; 503 while loading, draining, after shutdown or after
@@ -33,6 +37,7 @@ def register_admin_routes(app: Quart, state: AppState) -> None:
     async def metrics() -> Response:
         metrics = state.engine.metrics
         body = metrics.render() if metrics is not None else b""  # empty while loading
+        body += generate_latest(stream_registry)
         return Response(body, content_type=PROMETHEUS_CONTENT_TYPE)
 
     @app.post("/tokenize")

@@ -2,45 +2,63 @@
 
 Everything that can fail for the client's fault happens before the response starts, so it gets
 a real status code; once an SSE stream has begun, a failure is sent as a `data:` chunk holding
-an `error` object, followed by `data: [DONE]`.
+an `error` object, followed by `data: [DONE]`. A resumable stream (web/resumable.py) also
+numbers its events (`id:` lines) and outlives its connection for its window.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from quart import Quart, Response, request
 
 from triode.engine import ModelInfo
-from triode.streaming.sse import DONE, MEDIA_TYPE, encode_event
-from triode.web.errors import api_error_from, json_response
+from triode.streaming.sse import DONE, MEDIA_TYPE
+from triode.web.access import bearer_token
+from triode.web.errors import json_response
 from triode.web.generation import Generation
-from triode.web.prepare import CHAT, COMPLETION, model_not_found
+from triode.web.openai_records import OpenAIRecords
+from triode.web.prepare import CHAT, COMPLETION, PreparedRequest, model_not_found
+from triode.web.resumable import OPENAI, SSE_HEADERS, owner_of, resume_window, sse_body
 from triode.web.state import AppState
-
-SSE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",  # tell nginx-like proxies not to buffer the stream
-}
 
 
 def register_openai_routes(app: Quart, state: AppState) -> None:
+    def window_of(prepared: PreparedRequest) -> float | None:
+        if not prepared.is_stream:
+            return None
+        return resume_window(state.config, prepared.resumable, prepared.resume_window_s)
+
     async def generate(kind: str) -> Response:
         state.engine.check_serving()  # refuse before reading a body we would not use
         body = await request.get_data(as_text=False)
         generation = await Generation.create(
-            state.engine, kind, body, tool_call_parser=state.config.tool_call_parser
+            state.engine,
+            kind,
+            body,
+            check=window_of,
+            tool_call_parser=state.config.tool_call_parser,
         )
+        window = window_of(generation.prepared)
+        source = OpenAIRecords(generation)
+        if window is not None:
+            # The stream's own task owns the generation now; this connection only reads.
+            owner = owner_of(state.config.api_key, [bearer_token(request.headers)])
+            try:
+                reader = state.streams.start(
+                    generation.prepared.response_id, OPENAI, source, owner=owner, window_s=window
+                )
+            except BaseException:
+                await generation.aclose()
+                raise
+            request.cleanups.append(reader.aclose)  # type: ignore[attr-defined]
+            return sse_response(sse_body(reader, DONE, reader.aclose))
         # Whatever happens from here on (the client leaving before or during the body, an
         # error), the connection runs this when it ends: the request never outlives it.
         request.cleanups.append(generation.aclose)  # type: ignore[attr-defined]
         if not generation.prepared.is_stream:
             return json_response(await generation.collect())
-        events = sse_events(generation, generation.prepared.include_usage)
-        response = Response(events, mimetype=MEDIA_TYPE, headers=SSE_HEADERS)
-        response.timeout = None  # a long generation must not be cut by RESPONSE_TIMEOUT
-        return response
+        return sse_response(sse_body(source, DONE, source.aclose))
 
     @app.post("/v1/completions")
     async def completions() -> Response:
@@ -75,16 +93,7 @@ def model_card(info: ModelInfo, created: int) -> dict[str, Any]:
     }
 
 
-async def sse_events(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
-    """The SSE body: one event per chunk, the usage chunk if asked for, then [DONE]."""
-    try:
-        try:
-            async for chunk in generation:
-                yield encode_event(chunk)
-            if include_usage:
-                yield encode_event(generation.usage_chunk())
-        except Exception as exc:  # after the headers went out, errors travel in the stream
-            yield encode_event({"error": api_error_from(exc).to_object()})
-        yield DONE
-    finally:
-        await generation.aclose()
+def sse_response(body: Any, headers: dict[str, str] = SSE_HEADERS) -> Response:
+    response = Response(body, mimetype=MEDIA_TYPE, headers=headers)
+    response.timeout = None  # a long generation must not be cut by RESPONSE_TIMEOUT
+    return response

@@ -1,15 +1,17 @@
-"""serve(): the engine task and hypercorn's trio worker in one nursery, with graceful shutdown.
+"""serve(): the engine task and the HTTP/WebSocket edge in one nursery, with graceful shutdown.
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve, EngineConfig(), ServerConfig(port=0), stop.wait)
 
 Start-up: the socket is bound first (a busy port fails at once, with ListenError, before
-anything loads), hypercorn starts serving it (so /health can say 503 while the model loads),
+anything loads), the edge starts serving it (so /health can say 503 while the model loads),
 then the engine loads in a thread; `started()` fires once both are ready. A model that fails to
 load stops the server with EngineLoadError. Shutdown, when `shutdown_trigger` returns: the
-engine starts draining (new requests get 503), hypercorn stops accepting connections,
+engine starts draining (new requests get 503), the edge stops accepting connections,
 in-flight requests may finish for `shutdown_timeout_s`, then the rest end (streams get an
 error chunk and [DONE], sockets close with 1001) and the engine stops, releasing everything.
+Connections still open after the flush grace (clients that stopped reading) are cut by the edge
+(web/edge/listener.py).
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
 from triode.engine import AsyncEngine, EngineConfig, EngineState
 from triode.web.app import TriodeApp, create_app
+from triode.web.edge import EdgeLimits, serve_edge
 from triode.web.heartbeat import Heartbeat
 from triode.web.listen import open_listen_socket
-from triode.web.send_timeout import abandon_stalled_sends, install_send_timeout
 from triode.web.state import AppState, ServerConfig
 from triode.web.stats_log import log_stats_periodically
 
@@ -63,15 +64,23 @@ def hypercorn_config(config: ServerConfig, listen_fd: int | None = None) -> Hype
     else:
         host = f"[{config.host}]" if ":" in config.host else config.host
         hconfig.bind = [f"{host}:{config.port}"]
-    hconfig.graceful_timeout = config.shutdown_timeout_s + _FLUSH_GRACE_S
     hconfig.keep_alive_timeout = config.keep_alive_timeout_s
     hconfig.backlog = config.backlog
     hconfig.websocket_max_message_size = config.max_request_bytes
-    hconfig.send_timeout_s = config.send_timeout_s  # read by TimedSendTCPServer
     # Loggers, not "-": records go through the root handler once, in our format.
     hconfig.accesslog = logging.getLogger("hypercorn.access") if config.access_log else None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     return hconfig
+
+
+def edge_limits(config: ServerConfig) -> EdgeLimits:
+    return EdgeLimits(
+        keep_alive_timeout_s=config.keep_alive_timeout_s,
+        header_timeout_s=config.header_timeout_s,
+        body_timeout_s=config.body_timeout_s,
+        send_timeout_s=config.send_timeout_s,
+        graceful_timeout_s=config.shutdown_timeout_s + _FLUSH_GRACE_S,
+    )
 
 
 async def serve(
@@ -89,15 +98,14 @@ async def serve(
     here for `server_config.host` and `port`, raising ListenError before anything starts.
     """
     sock = listen_socket or open_listen_socket(server_config.host, server_config.port)
-    install_send_timeout()
     state = AppState.create(engine or AsyncEngine(engine_config), server_config)
     app = create_app(state)
     heartbeat = Heartbeat()
     engine_loaded = trio.Event()
     engine_stopped = trio.Event()
     is_started = False
-    # NOTE: hypercorn gets a duplicate descriptor of the bound socket and owns it; ours is
-    # closed once hypercorn listens (both name the same socket, so it stays open).
+    # NOTE: the edge gets a duplicate descriptor of the bound socket (hypercorn's `fd://` bind)
+    # and owns it; ours is closed once the edge listens (both name the same socket).
     listen_fd = os.dup(sock.fileno())
 
     async with trio.open_nursery() as nursery:
@@ -110,9 +118,9 @@ async def serve(
 
         async def run_http(*, task_status: trio.TaskStatus[list[str]]) -> None:
             try:
-                await hypercorn.trio.serve(
-                    app, hypercorn_config(server_config, listen_fd), shutdown_trigger=trigger,
-                    task_status=task_status,
+                await serve_edge(
+                    app, hypercorn_config(server_config, listen_fd), edge_limits(server_config),
+                    shutdown_trigger=trigger, task_status=task_status,
                 )  # fmt: skip
             finally:
                 with trio.CancelScope(shield=True), trio.move_on_after(_ENGINE_STOP_TIMEOUT_S):
@@ -120,6 +128,8 @@ async def serve(
                     await engine_stopped.wait()
                 nursery.cancel_scope.cancel()  # the straggler timer, if still waiting
 
+        # Resumable streams' tasks: cancelled with the server, after hypercorn has stopped.
+        await nursery.start(state.streams.run)
         try:
             binds = await nursery.start(run_http)
         finally:
@@ -186,5 +196,3 @@ async def _end_stragglers(state: AppState) -> None:
     await trio.sleep(state.config.shutdown_timeout_s)
     logger.info("shutdown timeout reached: ending the requests still in flight")
     await state.engine.shutdown()
-    await trio.sleep(_FLUSH_GRACE_S)
-    abandon_stalled_sends()  # clients that stopped reading would otherwise hold us forever

@@ -10,7 +10,12 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triode.engine.thread_policy import ThreadPolicy, machine_busy_seconds, process_cpu_seconds
+from triode.engine.thread_policy import (
+    ThreadPolicy,
+    machine_busy_seconds,
+    process_cpu_seconds,
+    threads_beside_front_end,
+)
 
 
 class FakeMachine:
@@ -97,3 +102,11 @@ def test_sees_a_real_busy_process():
     others = ((machine1 - machine0) - (own1 - own0)) / elapsed
     assert others >= 0.6  # the spinning child, at least most of a core
     assert child is not None and child > 0  # /proc/PID/stat parses
+
+
+def test_an_engine_process_leaves_a_core_to_the_front_end_only_beyond_two():
+    assert threads_beside_front_end(2, cores=2) == 2
+    assert threads_beside_front_end(1, cores=1) == 1
+    assert threads_beside_front_end(4, cores=4) == 3
+    assert threads_beside_front_end(8, cores=16) == 8  # torch's own (physical-core) count
+    assert threads_beside_front_end(16, cores=16) == 15

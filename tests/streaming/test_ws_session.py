@@ -12,6 +12,7 @@ import orjson
 import pytest
 import trio
 
+from triode.streaming.records import Record, event_record
 from triode.streaming.ws_limits import WebSocketLimits
 from triode.streaming.ws_session import WebSocketSession
 
@@ -58,22 +59,25 @@ class Scripted:
     def __aiter__(self) -> Scripted:
         return self
 
-    async def __anext__(self) -> dict:
+    async def __anext__(self) -> Record:
         try:
             item = await self._chunks.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
         if isinstance(item, Exception):
             raise item
+        if isinstance(item, Record):
+            return item
         self.num_chunks += 1
-        return item
+        return event_record(item)
 
     @property
     def usage(self) -> dict:
         return {"completion_tokens": self.num_chunks}
 
-    async def aclose(self) -> None:
+    async def aclose(self, cancelled: bool = False) -> None:
         self.is_closed = True
+        self.was_cancelled = cancelled
 
 
 class Backend:

@@ -120,6 +120,17 @@ def tiny_server(tiny_folder) -> Iterator[RunningServer]:
     yield from running_server(engine_config, server_config)
 
 
+# The API keys of `keyed_server`: a resumable stream belongs to the key that started it.
+KEYED_SERVER_KEYS = ("sk-alice", "sk-bob")
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tiny_folder) -> Iterator[RunningServer]:
+    """A tiny-model server with two API keys, shared by the resumable-stream and AI SDK tests."""
+    server_config = ServerConfig(port=0, api_key=list(KEYED_SERVER_KEYS), shutdown_timeout_s=2.0)
+    yield from running_server(tiny_engine_config(tiny_folder, max_num_seqs=8), server_config)
+
+
 @pytest.fixture(scope="session")
 def smol_thread() -> Iterator[ServerThread]:
     """The real SmolLM2-135M-Instruct, for tests where the text must mean something; /health

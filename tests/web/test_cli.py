@@ -76,7 +76,7 @@ def test_flags_map_onto_the_dataclasses():
     )  # fmt: skip
     assert isinstance(command, Serve)
     server, engine = command.server, command.engine
-    assert (server.port, server.api_key, server.max_ws_connections) == (9000, "k", 7)
+    assert (server.port, server.api_key, server.max_ws_connections) == (9000, ["k"], 7)
     assert server.allowed_origins == ["https://a.example", "https://b.example", "https://c.example"]
     assert server.host == "127.0.0.1"  # untouched flags keep the defaults
     assert (engine.max_num_seqs, engine.enable_prefix_caching, engine.dtype) == (
