@@ -236,6 +236,7 @@ class AsyncEngine(ProcessLoop):
             s.prefix_cache_hits,
         )
         stats.num_preemptions = s.num_preemptions
+        stats.spec_decode = s.spec_decode
         self._num_added_since_stats = 0
         if self.metrics is not None:
             self.metrics.update_engine_state(stats)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:
+    from triode.engine.spec_decode.config import SpeculativeConfig
 
 DType = Literal["float32", "float16", "bfloat16"]
 Quantization = Literal["auto", "none", "gguf", "int8", "int4", "fp8"]
@@ -86,6 +89,12 @@ class EngineConfig:
     """CPU matrix multiplies: auto (oneDNN where available, about 2x torch's default BLAS on
     AMD CPUs), onednn, torch."""
 
+    speculative_config: str | None = None
+    """Speculative decoding, as JSON, spelled as vLLM spells it: '{"method": "ngram",
+    "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}' (add
+    "disable_by_batch_size": N to pause it from N running+waiting requests on; default 4).
+    LLM(speculative_config=...) also takes the dict. Off when unset."""
+
     cache_dir: str | None = None
     """Where converted GGUF models are cached (default: $XDG_CACHE_HOME/triode or
     ~/.cache/triode)."""
@@ -123,8 +132,24 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.max_num_waiting < 1:
             raise ValueError(f"max_num_waiting must be >= 1, got {self.max_num_waiting}")
+        if self.speculative_config is not None:
+            from triode.engine.spec_decode.config import SpeculativeConfig
+
+            # NOTE: kept as JSON text (the CLI's form; a dict from LLM(...) is converted), so
+            # the config stays one plain, printable dataclass; `speculative` parses it.
+            parsed = SpeculativeConfig.parse(self.speculative_config)  # type: ignore[arg-type]
+            self.speculative_config = parsed.to_json()
         if self.num_input_workers < 1:
             raise ValueError(f"num_input_workers must be >= 1, got {self.num_input_workers}")
+
+    @property
+    def speculative(self) -> SpeculativeConfig | None:
+        """The parsed speculative_config, or None when speculation is off."""
+        if self.speculative_config is None:
+            return None
+        from triode.engine.spec_decode.config import SpeculativeConfig
+
+        return SpeculativeConfig.parse(self.speculative_config)
 
     @classmethod
     def field_names(cls) -> set[str]:

@@ -25,6 +25,8 @@ from triode.engine.output_processor import OutputProcessor
 from triode.engine.runner.model_runner import ModelRunner, RunnerOutput
 from triode.engine.sampling.logit_controls import resolve_bad_words
 from triode.engine.sampling.sampling_params import SamplingParams
+from triode.engine.spec_decode.config import SpeculativeConfig
+from triode.engine.spec_decode.ngram import NgramProposer
 from triode.engine.step_isolation import StepResult, describe, run_isolating
 from triode.engine.structured.compiler import GrammarCompiler
 from triode.engine.structured.manager import StepMasks, StructuredOutputManager
@@ -78,6 +80,15 @@ class LLMEngine:
         # Cumulative seconds per phase of `step` outside the runner (for profiling).
         self.step_timings: dict[str, float] = {}
         self.thread_policy = self._make_thread_policy(config)
+        self.speculative_config: SpeculativeConfig | None = config.speculative
+        self.proposer: NgramProposer | None = None
+        spec = self.speculative_config
+        if spec is not None:
+            if spec.method != "ngram":
+                raise ValueError(f"speculative method {spec.method!r} is not available yet")
+            self.proposer = NgramProposer(
+                spec.prompt_lookup_min, spec.prompt_lookup_max, spec.num_speculative_tokens
+            )
 
     def _make_thread_policy(self, config: EngineConfig) -> ThreadPolicy | None:
         """Adapt torch's threads to the free cores, unless the user fixed them (--num-threads)
@@ -194,6 +205,8 @@ class LLMEngine:
         if self.thread_policy is not None:
             self.thread_policy.maybe_adjust()
         t0 = time.perf_counter()
+        if self.proposer is not None:
+            self._propose()
         sched = self.scheduler.schedule()
         masks = self.structured.start_step(sched)  # filled while the forward pass runs
         t1 = time.perf_counter()
@@ -214,6 +227,29 @@ class LLMEngine:
         timings["update"] = timings.get("update", 0.0) + (t3 - t2)
         timings["output"] = timings.get("output", 0.0) + (t4 - t3)
         return deltas
+
+    def _propose(self) -> None:
+        """Drafts for every running request about to decode, unless the load is high enough
+        that verifying them would cost the batch more than they save (then speculation
+        pauses until the load drops below the threshold again)."""
+        assert self.proposer is not None and self.speculative_config is not None
+        scheduler = self.scheduler
+        stats = scheduler.spec_stats
+        load = scheduler.num_running + scheduler.num_waiting
+        if load >= self.speculative_config.disable_by_batch_size:
+            stats.num_steps_paused += 1
+            return
+        stats.num_steps_speculating += 1
+        for request in scheduler.running:
+            # NOTE: not for a request that still has a prompt chunk to compute, nor one whose
+            # n samples have not forked yet, nor one that wants logprobs (one entry per step).
+            if (
+                request.num_tokens - request.num_computed_tokens == 1
+                and not request.needs_fork
+                and request.sampling_params.logprobs is None
+                and not _is_constrained(request.sampling_params)
+            ):
+                request.spec_token_ids = self.proposer.propose(request.all_token_ids)
 
     def _execute(self, sched: SchedulerOutput, masks: StepMasks | None = None) -> RunnerOutput:
         """One runner call (a step, or a part of a failed one), recorded by the invariant
@@ -295,4 +331,20 @@ class LLMEngine:
         return deltas
 
     def stats(self) -> SchedulerStats:
-        return self.scheduler.stats()
+        stats = self.scheduler.stats()
+        if self.speculative_config is None:
+            stats.spec_decode = None
+        return stats
+
+
+def _is_constrained(params: SamplingParams) -> bool:
+    """Whether a request's tokens are shaped by more than the sampler's plain row transforms
+    (a grammar, logit_bias, allowed_token_ids, bad words). NOTE: such requests do not speculate:
+    verifying drafts would need the grammar advanced through each draft and the logit controls
+    applied per verification row; both are left for later (README: speculative decoding)."""
+    return (
+        params.structured_outputs is not None
+        or bool(params.logit_bias)
+        or params.allowed_token_ids is not None
+        or bool(params.bad_words_token_ids)
+    )

@@ -17,6 +17,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from triode.engine.spec_decode.stats import SpecDecodeStats
+
 disable_created_metrics()  # the *_created series only add noise to every scrape
 
 _TTFT_BUCKETS = (
@@ -101,6 +103,7 @@ class EngineStats:
     prefix_cache_queries: int = 0  # prompt tokens looked up
     prefix_cache_hits: int = 0
     num_preemptions: int = 0
+    spec_decode: SpecDecodeStats | None = None  # None: speculative decoding is off
 
 
 class EngineMetrics:
@@ -139,6 +142,22 @@ class EngineMetrics:
         self.num_preemptions = counter(
             "num_preemptions", "Requests preempted for lack of KV blocks."
         )
+        self.spec_decode_num_drafts = counter(
+            "spec_decode_num_drafts", "Speculative verifications (one per request and step)."
+        )
+        self.spec_decode_num_draft_tokens = counter(
+            "spec_decode_num_draft_tokens", "Tokens proposed by the speculative proposer."
+        )
+        self.spec_decode_num_accepted_tokens = counter(
+            "spec_decode_num_accepted_tokens", "Proposed tokens the model accepted."
+        )
+        self._spec_accepted_per_pos = Counter(
+            "triode:spec_decode_num_accepted_tokens_per_pos",
+            "Proposed tokens the model accepted, by position in the proposal (0 = first).",
+            ["model_name", "position"],
+            registry=r,
+        )
+        self._last_spec = SpecDecodeStats()
         self._success = Counter(
             "triode:request_success",
             "Finished requests by finish reason.",
@@ -178,6 +197,24 @@ class EngineMetrics:
         self.num_preemptions.inc(stats.num_preemptions - self._last_preemptions)
         self._last_queries, self._last_hits = stats.prefix_cache_queries, stats.prefix_cache_hits
         self._last_preemptions = stats.num_preemptions
+        if stats.spec_decode is not None:
+            self._update_spec_decode(stats.spec_decode)
+
+    def _update_spec_decode(self, spec: SpecDecodeStats) -> None:
+        last = self._last_spec
+        self.spec_decode_num_drafts.inc(spec.num_drafts - last.num_drafts)
+        self.spec_decode_num_draft_tokens.inc(spec.num_draft_tokens - last.num_draft_tokens)
+        self.spec_decode_num_accepted_tokens.inc(
+            spec.num_accepted_tokens - last.num_accepted_tokens
+        )
+        for position, count in enumerate(spec.accepted_per_position):
+            before = (
+                last.accepted_per_position[position]
+                if position < len(last.accepted_per_position)
+                else 0
+            )
+            self._spec_accepted_per_pos.labels(self._model_name, str(position)).inc(count - before)
+        self._last_spec = spec.copy()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

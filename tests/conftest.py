@@ -63,6 +63,7 @@ def make_tiny_llama(
     tie: bool = True,
     model_type: str = "llama",
     seed: int = 0,
+    vocab_size: int = 49152,
 ) -> Path:
     """Save a random-weight Llama-family model with the bundled tokenizer (real vocabulary)."""
     import torch
@@ -70,7 +71,7 @@ def make_tiny_llama(
 
     config = AutoConfig.for_model(
         model_type,
-        vocab_size=49152,
+        vocab_size=vocab_size,
         hidden_size=num_heads * head_dim,
         intermediate_size=96,
         num_hidden_layers=num_layers,

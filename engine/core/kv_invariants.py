@@ -74,7 +74,8 @@ class KVInvariantChecker:
         pool = self.scheduler.kv.pool
         copied_from = {dst: src for src, dst in sched.blocks_to_copy}
         for item in sched.scheduled:
-            tokens = [*item.prompt_token_ids, *item.output_token_ids]
+            # Speculative drafts are written at the positions after the request's tokens.
+            tokens = [*item.prompt_token_ids, *item.output_token_ids, *item.spec_token_ids]
             end = item.start_pos + len(item.token_ids)
             _expect(
                 tokens[item.start_pos : end] == item.token_ids,
@@ -107,7 +108,7 @@ class KVInvariantChecker:
         bs = self.block_size
         for item in sched.scheduled:
             end = item.start_pos + len(item.token_ids)
-            tokens = (*item.prompt_token_ids, *item.output_token_ids)[:end]
+            tokens = (*item.prompt_token_ids, *item.output_token_ids, *item.spec_token_ids)[:end]
             extra_keys = self._extra_keys(item.request_id)
             keys = _prefix_keys(tokens, extra_keys)
             for pos in range(item.start_pos, end):

@@ -70,6 +70,9 @@ class Request:
     num_preemptions: int = 0
     stop_reason: int | str | None = None
     first_scheduled_time: float | None = None
+    # Proposed next tokens (speculative decoding) for the next step to verify; not part of
+    # all_token_ids until the model accepts them. Set by the engine, consumed by schedule().
+    spec_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.group_id:

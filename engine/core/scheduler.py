@@ -21,6 +21,7 @@ from triode.engine.config import EngineConfig
 from triode.engine.core.kv_cache_manager import KVCacheManager
 from triode.engine.core.request import Request, RequestStatus, sample_request_id
 from triode.engine.sampling.sampling_params import SamplingParams
+from triode.engine.spec_decode.stats import SpecDecodeStats
 
 
 @dataclass(slots=True)
@@ -38,6 +39,9 @@ class ScheduledRequest:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     eos_token_id: int | None
+    # Speculative decoding: the drafts to verify, the last len(spec_token_ids) of token_ids
+    # (not yet part of the request's tokens). The runner returns the accepted ones plus one.
+    spec_token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -74,6 +78,7 @@ class SchedulerStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    spec_decode: SpecDecodeStats | None = None
 
 
 class Scheduler:
@@ -90,6 +95,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._finished_ids: list[str] = []
         self.num_preemptions = 0
+        self.spec_stats = SpecDecodeStats()
 
     # ---- queue management ------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -168,6 +174,8 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            spec = self._take_spec_tokens(request, budget)
+            num_new += len(spec)
             if num_new <= 0:
                 i += 1
                 continue
@@ -185,7 +193,7 @@ class Scheduler:
                 if victim is request:
                     break
             else:
-                self._add_scheduled(out, request, num_new)
+                self._add_scheduled(out, request, num_new - len(spec), spec)
                 scheduled_ids.add(request.request_id)
                 budget -= num_new
                 i += 1
@@ -251,7 +259,27 @@ class Scheduler:
         out.preempted_request_ids.append(victim.request_id)
         return freed
 
-    def _add_scheduled(self, out: SchedulerOutput, request: Request, num_new: int) -> None:
+    def _take_spec_tokens(self, request: Request, budget: int) -> list[int]:
+        """The request's drafts this step can verify (consumed either way): only for a
+        request with one token left to compute, within the step budget, the request's
+        max_tokens and the context length (the step adds at most k+1 tokens), and only when
+        the pool has the slots without preempting anyone."""
+        spec, request.spec_token_ids = request.spec_token_ids, []
+        if not spec or request.num_tokens - request.num_computed_tokens != 1:
+            return []
+        k = min(
+            len(spec),
+            budget - 1,
+            request.max_tokens - request.num_output_tokens - 1,
+            self.max_model_len - request.num_tokens - 1,
+        )
+        if k <= 0 or not self.kv.can_allocate_slots(request, 1 + k):
+            return []
+        return spec[:k]
+
+    def _add_scheduled(
+        self, out: SchedulerOutput, request: Request, num_new: int, spec: list[int] = ()
+    ) -> None:
         start = request.num_computed_tokens
         is_last_chunk = start + num_new == request.num_tokens
         if not is_last_chunk:
@@ -265,7 +293,7 @@ class Scheduler:
         out.scheduled.append(
             ScheduledRequest(
                 request_id=request.request_id,
-                token_ids=request.all_token_ids[start : start + num_new],
+                token_ids=[*request.all_token_ids[start : start + num_new], *spec],
                 start_pos=start,
                 block_ids=request.block_ids,
                 sample_ids=sample_ids,
@@ -273,6 +301,7 @@ class Scheduler:
                 prompt_token_ids=request.prompt_token_ids,
                 output_token_ids=request.output_token_ids,
                 eos_token_id=request.eos_token_id,
+                spec_token_ids=list(spec),
             )
         )
 
@@ -287,6 +316,7 @@ class Scheduler:
         self.running.remove(request)
         self.kv.free(request)
         request.num_computed_tokens = 0
+        request.spec_token_ids = []
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
@@ -296,7 +326,7 @@ class Scheduler:
     def update_from_output(
         self,
         out: SchedulerOutput,
-        sampled: dict[str, int],
+        sampled: dict[str, int | list[int]],
         stop_strings: StopStringChecker | None = None,
     ) -> tuple[list[Request], list[Request]]:
         """Advance counters, append sampled tokens, fork n>1 requests, and finish the ones that
@@ -319,6 +349,9 @@ class Scheduler:
             request = self.requests.get(item.request_id)
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # finished or preempted meanwhile
+            if item.spec_token_ids:
+                self._update_speculating(request, item, sampled, stop_strings, updated, finished)
+                continue
             request.num_computed_tokens += len(item.token_ids)
             self.kv.cache_computed_blocks(request)
             if not item.sample_ids:
@@ -328,20 +361,63 @@ class Scheduler:
                 samples += self._fork(request, item.sample_ids[1:])
             for sample in samples:
                 token = sampled[sample.request_id]
-                sample.append_output_token(token)
+                assert isinstance(token, int)
                 updated.append(sample)
-                status = self._check_stop(sample, token)
-                if stop_strings is not None:
-                    matched = stop_strings.check_stop_strings(sample, status)
-                    if matched is not None:
-                        status = RequestStatus.FINISHED_STOPPED
-                        sample.stop_reason = matched
+                status = self._append_token(sample, token, stop_strings)
                 if status is not None:
-                    self.running.remove(sample)
-                    sample.status = status
-                    self._free(sample)
-                    finished.append(sample)
+                    self._finish_sample(sample, status, finished)
         return updated, finished
+
+    def _update_speculating(
+        self,
+        request: Request,
+        item: ScheduledRequest,
+        sampled: dict[str, int | list[int]],
+        stop_strings: StopStringChecker | None,
+        updated: list[Request],
+        finished: list[Request],
+    ) -> None:
+        """A verified step: the accepted drafts and the model's next token, appended one by
+        one so a stop condition cuts the burst exactly where the plain decoder would stop.
+
+        NOTE (KV rollback): only the positions whose token was kept count as computed, so
+        `num_computed_tokens` ends one short of the tokens, as after any decode step; the
+        rejected drafts' slots are overwritten by the next step, and never registered in the
+        prefix cache, which only takes full blocks below `num_computed_tokens`."""
+        tokens = sampled[request.request_id]
+        assert isinstance(tokens, list) and 1 <= len(tokens) <= len(item.spec_token_ids) + 1
+        self.spec_stats.record(len(item.spec_token_ids), len(tokens) - 1)
+        status = None
+        for token in tokens:
+            status = self._append_token(request, token, stop_strings)
+            if status is not None:
+                break
+        request.num_computed_tokens = request.num_tokens - 1
+        self.kv.cache_computed_blocks(request)
+        updated.append(request)
+        if status is not None:
+            self._finish_sample(request, status, finished)
+
+    def _append_token(
+        self, sample: Request, token: int, stop_strings: StopStringChecker | None
+    ) -> RequestStatus | None:
+        """Append one token and decide whether the sample stops there."""
+        sample.append_output_token(token)
+        status = self._check_stop(sample, token)
+        if stop_strings is not None:
+            matched = stop_strings.check_stop_strings(sample, status)
+            if matched is not None:
+                status = RequestStatus.FINISHED_STOPPED
+                sample.stop_reason = matched
+        return status
+
+    def _finish_sample(
+        self, sample: Request, status: RequestStatus, finished: list[Request]
+    ) -> None:
+        self.running.remove(sample)
+        sample.status = status
+        self._free(sample)
+        finished.append(sample)
 
     def _fork(self, parent: Request, child_ids: list[str]) -> list[Request]:
         children = []
@@ -379,4 +455,5 @@ class Scheduler:
             prefix_cache_queries=self.kv.stats.num_queried_tokens,
             prefix_cache_hits=self.kv.stats.num_hit_tokens,
             num_preemptions=self.num_preemptions,
+            spec_decode=self.spec_stats.copy(),
         )

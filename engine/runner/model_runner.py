@@ -8,29 +8,35 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from triode.engine.config import EngineConfig
-from triode.engine.core.scheduler import SchedulerOutput
+from triode.engine.core.scheduler import ScheduledRequest, SchedulerOutput
 from triode.engine.models import load_model
 from triode.engine.models.linear import resolve_cpu_linear
 from triode.engine.models.loader import gguf_source
 from triode.engine.quant.info import WeightsInfo, describe
 from triode.engine.runner.attention import AttentionMetadata, resolve_attention_backend
 from triode.engine.sampling.sampler import RowBitmask, Sampler, SamplerOutput, SamplingRow
+from triode.engine.spec_decode.rejection import DraftSpan, verify
 from triode.engine.structured.manager import StepMasks
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(slots=True)
 class RunnerOutput:
-    sampled: dict[str, int]  # sample id -> token id
+    # sample id -> token id; for a speculating request, its accepted drafts and one more token.
+    sampled: dict[str, int | list[int]]
     logprobs: dict[str, tuple[float, list[tuple[int, float]]]] | None = None
 
 
@@ -158,6 +164,10 @@ class ModelRunner:
         logits_rows: list[int] = []
         rows: list[SamplingRow] = []
         row_ids: list[str] = []
+        verify_rows: list[int] = []  # hidden rows the speculating requests verify
+        verify_sampling: list[SamplingRow] = []
+        spans: list[DraftSpan] = []
+        span_ids: list[str] = []
         for item in sched.scheduled:
             n = len(item.token_ids)
             start = item.start_pos
@@ -168,7 +178,10 @@ class ModelRunner:
             q_lens.append(n)
             seq_lens.append(start + n)
             tables.append(blocks)
-            if item.sample_ids:
+            if item.spec_token_ids:
+                self._add_verification(item, len(input_ids), verify_rows, verify_sampling, spans)
+                span_ids.append(item.request_id)
+            elif item.sample_ids:
                 last_row = len(input_ids) - 1
                 params = item.sampling_params
                 for index, sample_id in enumerate(item.sample_ids):
@@ -213,6 +226,13 @@ class ModelRunner:
                 out.logprobs = {
                     sid: lp for sid, lp in zip(row_ids, result.logprobs) if lp is not None
                 }
+        if spans:
+            idx = torch.tensor(verify_rows, dtype=torch.int64).to(self.device, non_blocking=True)
+            logits = self.model.compute_logits(hidden.index_select(0, idx))
+            accepted = self._keeping_generators(
+                [s.generator for s in spans], lambda: verify(logits, verify_sampling, spans)
+            )
+            out.sampled.update(zip(span_ids, accepted))
         t3 = time.perf_counter()
         timings = self.timings
         timings.prepare += t1 - t0
@@ -222,18 +242,54 @@ class ModelRunner:
         timings.num_tokens += len(input_ids)
         return out
 
+    def _add_verification(
+        self,
+        item: ScheduledRequest,
+        num_rows: int,
+        verify_rows: list[int],
+        verify_sampling: list[SamplingRow],
+        spans: list[DraftSpan],
+    ) -> None:
+        """The k+1 logits rows of a speculating request: row j is sampled as if its output
+        already held drafts[:j] (min_tokens and penalties see them)."""
+        drafts = item.spec_token_ids
+        k = len(drafts)
+        params = item.sampling_params
+        gen = None
+        if params.seed is not None and not params.is_greedy:
+            gen = self._generator(item.request_id, params.seed)
+        spans.append(DraftSpan(len(verify_rows), list(drafts), gen, params.is_greedy))
+        verify_rows.extend(range(num_rows - k - 1, num_rows))
+        for j in range(k + 1):
+            verify_sampling.append(
+                SamplingRow(
+                    params,
+                    item.prompt_token_ids,
+                    [*item.output_token_ids, *drafts[:j]],
+                    item.eos_token_id,
+                    gen,
+                )
+            )
+
     def _sample(
         self, logits: torch.Tensor, rows: list[SamplingRow], bitmask: RowBitmask | None = None
     ) -> SamplerOutput:
-        """The sampler, leaving seeded generators as they were if it raises.
+        """The sampler, leaving seeded generators as they were if it raises."""
+        return self._keeping_generators(
+            [row.generator for row in rows], lambda: self.sampler(logits, rows, bitmask)
+        )
+
+    @staticmethod
+    def _keeping_generators(generators: list[torch.Generator | None], draw: Callable[[], _T]) -> _T:
+        """Run `draw`, leaving the seeded generators as they were if it raises.
 
         NOTE: the engine runs the rows of a failed step again (engine/step_isolation.py); a
         seeded sample must then draw what it would have drawn, as if the failed run had not
         happened (a few microseconds per seeded row and step)."""
-        seeded = [row.generator for row in rows if row.generator is not None]
+        seeded = [gen for gen in generators if gen is not None]
         states = [gen.get_state() for gen in seeded]
         try:
-            return self.sampler(logits, rows, bitmask)
+            return draw()
         except BaseException:
             for gen, state in zip(seeded, states):
                 gen.set_state(state)

@@ -1,0 +1,86 @@
+"""SpeculativeConfig: what `--speculative-config` / `LLM(speculative_config=...)` says, checked.
+
+Spelled as vLLM spells it: `{"method": "ngram", "num_speculative_tokens": 4,
+"prompt_lookup_min": 2, "prompt_lookup_max": 4}` or `{"method": "draft_model", "model": PATH,
+"num_speculative_tokens": 4}`, plus `disable_by_batch_size` (vLLM's name): speculation pauses
+while that many requests or more are running or waiting, where verifying drafts costs the batch
+more than it saves (BENCHMARKS.md has the crossover measured on a CPU).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+METHODS = ("ngram", "draft_model")
+
+# NOTE: measured on a 2-core Xeon with the bundled model (BENCHMARKS.md, "Speculative
+# decoding"): above a handful of concurrent streams the verification rows cost more than the
+# accepted drafts save, so by default speculation runs only for small batches.
+DEFAULT_DISABLE_BY_BATCH_SIZE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class SpeculativeConfig:
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
+    model: str | None = None  # the draft model (method "draft_model")
+    disable_by_batch_size: int = DEFAULT_DISABLE_BY_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        def bad(message: str, key: str) -> ValueError:
+            return ValueError(f"speculative_config: {message}")
+
+        if self.method not in METHODS:
+            raise bad(f"method must be one of {METHODS}, got {self.method!r}", "method")
+        if not _is_int(self.num_speculative_tokens) or not 1 <= self.num_speculative_tokens <= 32:
+            raise bad(
+                f"num_speculative_tokens must be in [1, 32], got {self.num_speculative_tokens!r}",
+                "num_speculative_tokens",
+            )
+        if not _is_int(self.prompt_lookup_min) or self.prompt_lookup_min < 1:
+            raise bad(
+                f"prompt_lookup_min must be >= 1, got {self.prompt_lookup_min!r}",
+                "prompt_lookup_min",
+            )
+        if not _is_int(self.prompt_lookup_max) or self.prompt_lookup_max < self.prompt_lookup_min:
+            raise bad(
+                f"prompt_lookup_max must be >= prompt_lookup_min, got {self.prompt_lookup_max!r}",
+                "prompt_lookup_max",
+            )
+        if not _is_int(self.disable_by_batch_size) or self.disable_by_batch_size < 1:
+            raise bad(
+                f"disable_by_batch_size must be >= 1, got {self.disable_by_batch_size!r}",
+                "disable_by_batch_size",
+            )
+        if self.method == "draft_model" and not self.model:
+            raise bad('method "draft_model" needs "model" (a folder or .gguf file)', "model")
+
+    @classmethod
+    def parse(cls, value: str | dict[str, Any]) -> SpeculativeConfig:
+        """From the JSON text of `--speculative-config` or the dict given to LLM(...)."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"speculative_config is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ValueError("speculative_config must be a JSON object")
+        value = dict(value)
+        if value.get("method") is None and value.get("model"):
+            value["method"] = "draft_model"
+        unknown = set(value) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"speculative_config: unknown key(s) {', '.join(sorted(unknown))}")
+        return cls(**value)
+
+    def to_json(self) -> str:
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return json.dumps({k: v for k, v in fields.items() if v is not None})
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
