@@ -60,7 +60,7 @@ def _greedy(workload: Workload) -> Workload:
     return dataclasses.replace(workload, requests=reqs)
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(
     workload=st.one_of(crowded_workloads(), preempting_workloads()).map(_greedy),
     seed=st.integers(0, 3),
