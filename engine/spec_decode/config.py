@@ -4,7 +4,7 @@ Spelled as vLLM spells it: `{"method": "ngram", "num_speculative_tokens": 4,
 "prompt_lookup_min": 2, "prompt_lookup_max": 4}` or `{"method": "draft_model", "model": PATH,
 "num_speculative_tokens": 4}`, plus `disable_by_batch_size` (vLLM's name): speculation pauses
 while that many requests or more are running or waiting, where verifying drafts costs the batch
-more than it saves (BENCHMARKS.md has the crossover measured on a CPU).
+more than it saves (`load_tests/spec_bench.py --part crossover` measures where).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 
 METHODS = ("ngram", "draft_model")
 
-# NOTE: measured on a 2-core Xeon with the bundled model (BENCHMARKS.md, "Speculative
-# decoding"): above a handful of concurrent streams the verification rows cost more than the
-# accepted drafts save, so by default speculation runs only for small batches.
+# NOTE: provisional. On a 2-core CPU a verification row costs about what a decode row costs,
+# so once a batch is several streams wide the rejected drafts' rows are paid by everyone;
+# `python -m triode.load_tests.spec_bench --part crossover` measures where speculation stops
+# paying (the default should be that batch size, recorded in BENCHMARKS.md).
 DEFAULT_DISABLE_BY_BATCH_SIZE = 4
 
 
