@@ -49,6 +49,7 @@ def render_chat(
     tools: list[dict[str, Any]] | None = None,
     tool_format: ToolCallFormat | None = None,
     chat_template_kwargs: dict[str, Any] | None = None,
+    continue_final_message: bool = False,
 ) -> str:
     """The conversation as text, through the tokenizer's chat template (which adds the
     special tokens itself). Raises InvalidRequestError (param "messages" or
@@ -72,7 +73,11 @@ def render_chat(
         conversation = _with_tools_written_in(messages, tools or [], fmt)
     try:
         return tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+            conversation,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            **kwargs,
         )
     except Exception as exc:  # jinja raises for conversations the template refuses
         raise InvalidRequestError(

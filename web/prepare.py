@@ -167,8 +167,11 @@ def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 def _template_kwargs(request: ChatCompletionRequest, plan: ToolPlan | None) -> dict[str, Any]:
     """What the chat template gets beyond the messages: the tools offered (not with
-    tool_choice "none") and the request's chat_template_kwargs."""
+    tool_choice "none"), the request's chat_template_kwargs, and continue_final_message (vLLM's:
+    the prompt ends inside the last assistant message, so the reply carries it on)."""
     options: dict[str, Any] = {"chat_template_kwargs": request.chat_template_kwargs}
+    if request.continue_final_message:
+        options["continue_final_message"] = True
     if plan is not None:
         options["tools"] = plan.tools
         options["tool_format"] = plan.fmt

@@ -162,11 +162,29 @@ class ChatMessage(_Strict):
         raise ValueError("must be a string, a list of text parts, or null")
 
 
+def _check_continue(
+    messages: list[ChatMessage], is_continue: bool, add_generation_prompt: bool
+) -> None:
+    """continue_final_message leaves the last message open: it must be the assistant's, and no
+    new turn may be opened after it."""
+    if not is_continue:
+        return
+    if add_generation_prompt:
+        raise ValueError(
+            "continue_final_message: cannot be combined with add_generation_prompt "
+            "(set add_generation_prompt to false)"
+        )
+    if not messages or messages[-1].role != "assistant":
+        raise ValueError("continue_final_message: the last message must be the assistant's")
+
+
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    # vLLM's: the prompt ends inside the last (assistant) message, so the reply carries it on.
+    continue_final_message: bool = False
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None  # default: "auto" with tools, else "none"
     parallel_tool_calls: bool = True
@@ -175,6 +193,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
     @model_validator(mode="after")
     def _check_chat(self) -> ChatCompletionRequest:
+        _check_continue(self.messages, self.continue_final_message, self.add_generation_prompt)
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
         if self.functions:
@@ -190,12 +209,16 @@ class TokenizeRequest(_Strict):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     return_token_strs: bool = False
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("prompt: give exactly one of prompt or messages")
+        _check_continue(
+            self.messages or [], self.continue_final_message, self.add_generation_prompt
+        )
         return self
 
 

@@ -49,7 +49,8 @@ def register_admin_routes(app: Quart, state: AppState) -> None:
             check_model(worker.info.name, body.model)
             if body.messages is not None:
                 messages = chat_messages(body.messages)
-                ids = worker.encode_chat(messages, body.add_generation_prompt)
+                continued = {"continue_final_message": True} if body.continue_final_message else {}
+                ids = worker.encode_chat(messages, body.add_generation_prompt, **continued)
             else:
                 assert body.prompt is not None  # the schema wants exactly one of them
                 ids = worker.encode(body.prompt, body.add_special_tokens)

@@ -72,6 +72,19 @@ def error_of(response: httpx.Response, status: int) -> dict:
         ),
         ("/v1/chat/completions", {"messages": CHAT, "presence_penalty": 3}, "presence_penalty"),
         ("/v1/chat/completions", {"messages": CHAT, "priority": 1.5}, "priority"),
+        (
+            "/v1/chat/completions",
+            {"messages": CHAT, "continue_final_message": True, "add_generation_prompt": False},
+            "continue_final_message",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [*CHAT, {"role": "assistant", "content": "Once"}],
+                "continue_final_message": True,
+            },
+            "continue_final_message",
+        ),
         ("/v1/completions", {"prompt": ""}, "prompt"),
         ("/v1/completions", {"prompt": []}, "prompt"),
         ("/v1/completions", {"prompt": [1, "a"]}, "prompt"),

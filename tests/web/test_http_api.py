@@ -148,6 +148,28 @@ async def test_logprobs_shapes(client):
     assert len(content[0]["top_logprobs"]) == 2
 
 
+async def test_continue_final_message_leaves_the_reply_open(client):
+    """The Continue of a reply cut at the token limit: the prompt ends inside the reply."""
+    chat = [*CHAT, {"role": "assistant", "content": "Once upon a time"}]
+    closed = (await client.post("/tokenize", json={
+        "messages": chat, "add_generation_prompt": False})).json()["tokens"]  # fmt: skip
+    body = {"messages": chat, "add_generation_prompt": False, "continue_final_message": True}
+    open_ = (await client.post("/tokenize", json=body)).json()["tokens"]
+    # The same tokens up to the reply's last word, without the end-of-turn tokens after it.
+    assert len(open_) < len(closed) and closed[: len(open_)] == open_
+    assert (
+        (await client.post("/detokenize", json={"tokens": open_}))
+        .json()["prompt"]
+        .endswith("Once upon a time")
+    )
+    out = (
+        await client.post(
+            "/v1/chat/completions", json={**body, "max_tokens": 2, "ignore_eos": True}
+        )
+    ).json()
+    assert out["usage"]["prompt_tokens"] == len(open_)
+
+
 async def test_tokenize_detokenize_round_trip(client):
     out = (await client.post("/tokenize", json={"prompt": "Hello world"})).json()
     assert out["count"] == len(out["tokens"]) and out["max_model_len"] == 1024
