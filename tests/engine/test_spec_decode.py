@@ -185,3 +185,29 @@ def test_metrics_show_proposals_and_acceptance_per_position():
     per_pos = 'triode:spec_decode_num_accepted_tokens_per_pos_total{model_name="m",position="%d"}'
     assert f"{per_pos % 0} 2.0" in text and f"{per_pos % 2} 1.0" in text
     assert spec.position_rates() == [1.0, 1.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize(
+    "controls",
+    [{"logit_bias": {5: -100.0}}, {"allowed_token_ids": list(range(250, 400))}],
+)
+def test_requests_with_logit_controls_do_not_speculate(tiny_folder, controls):
+    # NOTE: drafts are verified with the sampler's plain row transforms only; a request whose
+    # tokens are also shaped by logit controls or a grammar must decode one token a step.
+    llm = LLM(
+        model=str(tiny_folder),
+        block_size=4,
+        num_kv_blocks=256,
+        speculative_config={"method": "ngram", "prompt_lookup_min": 1},
+    )
+    prompt = [300, 301, 302, 300, 301, 302, 300, 301]
+    stats = llm.engine.scheduler.spec_stats
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, **controls)
+    constrained = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    assert stats.num_drafts == 0
+    plain = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    llm.generate([{"prompt_token_ids": prompt}], plain, use_tqdm=False)
+    assert stats.num_drafts > 0  # the same prompt speculates without the controls
+    llm.engine.proposer = None
+    alone = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    assert constrained[0].outputs[0].token_ids == alone[0].outputs[0].token_ids
