@@ -65,7 +65,7 @@ def single_stream(config: dict, threads: int, seed: int = 0) -> Row:
     produced = 0
     while engine.has_unfinished_requests():
         for delta in engine.step():
-            produced += len(delta.new_token_ids)
+            produced += len(delta.token_ids)
             if first is None and produced:
                 first = time.perf_counter()
     end = time.perf_counter()
