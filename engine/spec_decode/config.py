@@ -15,10 +15,10 @@ from typing import Any
 
 METHODS = ("ngram", "draft_model")
 
-# NOTE: provisional. On a 2-core CPU a verification row costs about what a decode row costs,
-# so once a batch is several streams wide the rejected drafts' rows are paid by everyone;
-# `python -m triode.load_tests.spec_bench --part crossover` measures where speculation stops
-# paying (the default should be that batch size, recorded in BENCHMARKS.md).
+# NOTE: measured (BENCHMARKS.md, issue 16; `python -m triode.load_tests.spec_bench --part
+# crossover`): on 2 cores n-gram speculation on chat prompts pays at 1-2 running requests
+# (1.15x, 1.39x) and costs from 4 (0.96x, 0.92x at 8, 0.86x at 16), since a rejected draft's
+# verification rows are paid by the whole batch; copy-heavy prompts still gain at 16.
 DEFAULT_DISABLE_BY_BATCH_SIZE = 4
 
 
