@@ -20,7 +20,19 @@ from triode.kernels.torch_attention import AttentionPlan, build_plan, prefill_at
 
 logger = logging.getLogger(__name__)
 
-_EXTRA_FLAGS = ("-ffast-math",)
+# NOTE: fast-math's parts, not `-ffast-math` itself: with -ffast-math (or
+# -funsafe-math-optimizations, or -Ofast) GCC links crtfastmath.o into the library, whose
+# constructor turns on flush-to-zero and denormals-are-zero for the whole process when the
+# library loads, silently changing every other float computation (torch's included).
+_EXTRA_FLAGS = (
+    "-fno-math-errno",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+    "-fassociative-math",
+    "-freciprocal-math",
+    "-ffinite-math-only",
+    "-fcx-limited-range",
+)
 
 
 @cache

@@ -87,3 +87,22 @@ def test_onednn_linear_matches_torch():
     torch.testing.assert_close(
         linear(strided, w, None, True), linear(strided, w, None, False), rtol=1e-5, atol=1e-4
     )
+
+
+def test_loading_the_kernels_leaves_subnormal_floats_alone():
+    """A library built with -ffast-math carries crtfastmath.o, which switches on flush-to-zero
+    for the whole process when it loads: every float in torch and Python would change."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "tiny = lambda: 1e-310 * 1.0 != 0.0\n"  # a subnormal double survives a multiply
+        "assert tiny(), 'subnormals already flushed before loading'\n"
+        "from triode.kernels import cpu_decode, cpu_quant\n"
+        "assert cpu_decode.load_library() is not None\n"
+        "cpu_quant.load_library()\n"
+        "sys.exit(0 if tiny() else 3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert result.returncode == 0, (result.returncode, result.stderr.decode()[-2000:])
