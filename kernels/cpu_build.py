@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "cpu"
 BASE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+LINK_FLAGS = ("-shared", "-fopenmp")
 
 
 def cpu_signature() -> str:
@@ -53,19 +54,35 @@ def build(source_name: str, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | 
         return None
     source = SOURCE_DIR / source_name
     flags = [*BASE_FLAGS, *extra_flags]
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode() + cpu_signature().encode())
+    recipe = " ".join(flags) + " | link: " + " ".join(LINK_FLAGS)
+    key = hashlib.sha256(source.read_bytes() + recipe.encode() + cpu_signature().encode())
     target = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        cmd = [compiler, *flags, str(source), "-o", tmp, "-lm"]
+        obj = tmp[: -len(".so")] + ".o"
+        # NOTE: compile and link apart: the source's flags (e.g. -ffast-math) apply to the
+        # code only. Linked with -ffast-math, GCC adds crtfastmath.o, whose constructor turns
+        # on flush-to-zero for the whole process when the library loads.
+        compile_cmd = [
+            compiler,
+            *(f for f in flags if f != "-shared"),
+            "-c",
+            str(source),
+            "-o",
+            obj,
+        ]
+        link_cmd = [compiler, *LINK_FLAGS, obj, "-o", tmp, "-lm"]
         try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            for cmd in (compile_cmd, link_cmd):
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
             os.replace(tmp, target)
         except (subprocess.SubprocessError, OSError) as exc:
             detail = getattr(exc, "stderr", b"") or b""
             logger.warning("building %s failed (%s): %s", source_name, exc, detail.decode()[-500:])
             Path(tmp).unlink(missing_ok=True)
             return None
+        finally:
+            Path(obj).unlink(missing_ok=True)
     return ctypes.CDLL(str(target))

@@ -20,19 +20,10 @@ from triode.kernels.torch_attention import AttentionPlan, build_plan, prefill_at
 
 logger = logging.getLogger(__name__)
 
-# NOTE: fast-math's parts, not `-ffast-math` itself: with -ffast-math (or
-# -funsafe-math-optimizations, or -Ofast) GCC links crtfastmath.o into the library, whose
-# constructor turns on flush-to-zero and denormals-are-zero for the whole process when the
-# library loads, silently changing every other float computation (torch's included).
-_EXTRA_FLAGS = (
-    "-fno-math-errno",
-    "-fno-signed-zeros",
-    "-fno-trapping-math",
-    "-fassociative-math",
-    "-freciprocal-math",
-    "-ffinite-math-only",
-    "-fcx-limited-range",
-)
+# NOTE: -ffast-math applies to the compile step only (kernels.cpu_build links apart, so the
+# library does not carry crtfastmath.o, which would switch on flush-to-zero process-wide).
+# It lets GCC vectorize expf through glibc's vector math (declared when __FAST_MATH__ is set).
+_EXTRA_FLAGS = ("-ffast-math",)
 
 
 @cache
