@@ -33,6 +33,19 @@ def test_cpu_backend_matches_the_definition(q_lens, seq_lens, heads, block_size,
     torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)
 
 
+@pytest.mark.parametrize(
+    "heads,head_dim",
+    [((16, 1), 64), ((6, 2), 24), ((4, 4), 8)],  # group > 8, head_dim not a multiple of 16
+)
+def test_shapes_outside_the_vector_path_use_the_generic_loops(heads, head_dim):
+    b = make_batch(
+        [1, 3, 1], [17, 40, 5], num_heads=heads[0], num_kv_heads=heads[1],
+        head_dim=head_dim, block_size=16,
+    )  # fmt: skip
+    got = paged_attention(*b.args(), backend="cpu")
+    torch.testing.assert_close(got, naive_paged_attention(*b.args()), rtol=1e-4, atol=2e-5)
+
+
 def test_strided_q_and_out_rows_are_respected():
     b = make_batch([1, 1, 1], [9, 20, 31], num_heads=6, num_kv_heads=2, head_dim=16, block_size=4)
     wide = torch.randn(3, 8, 16)
