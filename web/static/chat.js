@@ -4,23 +4,30 @@
 //
 // A turn is one request: a new question, a regenerated last reply, an edited question asked
 // again, or a reply continued after it stopped at the token limit. A finished turn (or one the
-// user stopped after some text) is stored; a failed one changes nothing stored.
+// user stopped after some text, or one cut off by a connection that could not be resumed) is
+// stored; a failed one changes nothing stored. A dropped connection is resumed by transport.js
+// while a status line says so.
 
-import { codeOfCopyButton, copyText, renderMarkdown } from "./markdown.js";
+import { codeOfCopyButton, renderMarkdown } from "./markdown.js";
 import { loadSettings, requestBody, showModel, watchSettings } from "./settings.js";
 import { ConversationStore } from "./store.js";
 import { streamTurn } from "./transport.js";
 import {
   $,
+  FINISH_NEWS,
   addNote,
   announce,
   assistantMessage,
   clearConversation,
+  copyFrom,
+  hideConnectionStatus,
   isScrolledToBottom,
   renderConversationList,
   resetStats,
   showEditor,
   showError,
+  showReconnecting,
+  showResumed,
   startRename,
   updateStats,
   userMessage,
@@ -99,6 +106,8 @@ async function runTurn(plan) {
     isRenderPending: false,
     isStopRequested: false,
     isDiscarded: false, // "New chat" or another conversation during the reply: drop it
+    streamId: null, // the resumable stream carrying the reply, once its first chunk says so
+    lastSeq: -1, // the sequence number of the last chunk shown
     stop: () => {},
     settle: () => {},
   };
@@ -108,8 +117,10 @@ async function runTurn(plan) {
   setBusy(true);
   announce("Replying…");
   const body = requestBody(plan.messages, plan.extra);
-  const outcome = await streamTurn(turn, body, $("api-key").value.trim(), (text) => {
-    $("transport").textContent = text;
+  const outcome = await streamTurn(turn, body, $("api-key").value.trim(), {
+    showTransport: (text) => ($("transport").textContent = text),
+    onReconnecting: showReconnecting,
+    onResumed: showResumed,
   });
   finishTurn(turn, outcome);
 }
@@ -142,22 +153,23 @@ function onChunk(turn, chunk) {
 function finishTurn(turn, outcome) {
   chat.turn = null;
   setBusy(false);
+  hideConnectionStatus();
   if (outcome.usage) turn.usage = outcome.usage;
   if (turn.isDiscarded) return;
   updateStats(turn);
   const hasText = turn.text.length > 0;
-  if (outcome.kind === "done" || (outcome.kind === "stopped" && hasText)) {
+  const isInterrupted = outcome.kind === "error" && outcome.isInterrupted && hasText;
+  if (outcome.kind === "done" || (outcome.kind === "stopped" && hasText) || isInterrupted) {
     // What the user saw is what the model will see as its own previous turn.
-    const finish = outcome.kind === "stopped" ? "stopped" : turn.finishReason || "stop";
+    const finish = isInterrupted
+      ? "interrupted"
+      : outcome.kind === "stopped"
+        ? "stopped"
+        : turn.finishReason || "stop";
     turn.plan.onStored(turn.text, finish);
     show(chat.conversation);
-    announce(
-      finish === "length"
-        ? "Reply stopped at the token limit."
-        : finish === "stopped"
-          ? "Reply stopped."
-          : "Reply finished.",
-    );
+    const news = FINISH_NEWS[finish] ?? "Reply finished.";
+    announce(isInterrupted ? `${news}: ${outcome.error?.message}` : news);
   } else {
     renderConversation(); // nothing stored changed
     turn.plan.onFailed?.(outcome);
@@ -239,9 +251,10 @@ function regenerate() {
   });
 }
 
-// Continue a reply that stopped at the token limit, in the same message: the conversation is
-// sent ending with that partial reply, for the server to carry on from (vLLM's
-// `continue_final_message`; the chat template then leaves the reply open).
+// Continue a reply that stopped at the token limit (or was cut off by a connection that could
+// not be resumed), in the same message: the conversation is sent ending with that partial reply,
+// for the server to carry on from (vLLM's `continue_final_message`; the chat template then
+// leaves the reply open).
 function continueReply() {
   const conversation = chat.conversation;
   const last = conversation.messages.length - 1;
@@ -287,18 +300,6 @@ function startEdit(article) {
 }
 
 // ---- buttons in the conversation and the list --------------------------------------------------
-
-async function copyFrom(button, text) {
-  try {
-    await copyText(text);
-    button.textContent = "Copied";
-    announce("Copied to the clipboard.");
-  } catch (error) {
-    button.textContent = "Copy failed";
-    announce(`Copying failed: ${error.message}`);
-  }
-  setTimeout(() => (button.textContent = "Copy"), 1500);
-}
 
 function onConversationClick(event) {
   const button = event.target.closest("button");
@@ -385,6 +386,8 @@ function init() {
   document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") stopTurn();
   });
+  // A resumable generation outlives its connection; leaving the page mid-reply stops it.
+  addEventListener("pagehide", stopTurn);
   store.onChange(() => {
     // Another tab changed the list; the conversation on screen follows unless it is streaming.
     const same = store.get(chat.conversation?.id);

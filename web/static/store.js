@@ -2,8 +2,9 @@
 //
 // One JSON document under STORE_KEY: {version, currentId, conversations: [...]}, each
 // conversation {id, title, isTitleEdited, createdAt, updatedAt, messages}, each message
-// {role: "user" | "assistant", content, finish?: "stop" | "length" | "stopped"}. A message is
-// stored once its turn ends; a failed turn is not stored (its text goes back to the composer).
+// {role: "user" | "assistant", content, finish?: "stop" | "length" | "stopped" | "interrupted"}.
+// A message is stored once its turn ends; a failed turn is not stored (its text goes back to the
+// composer).
 // Another tab's changes arrive through the `storage` event (see onChange).
 
 export const STORE_KEY = "triode.chat.conversations";

@@ -1,220 +1,134 @@
-// How a turn reaches the server: the WebSocket API (/v1/ws), or Server-Sent Events over fetch
-// (POST /v1/chat/completions, stream: true) when the socket cannot connect. `?transport=sse` or
-// `?transport=ws` forces one.
+// How a turn reaches the server: the WebSocket API (/v1/ws, socket.js), or Server-Sent Events
+// over fetch (sse.js) when the socket cannot connect. `?transport=sse` or `?transport=ws` forces
+// one.
 //
-// streamTurn(turn, body, apiKey) resolves to an outcome {kind: "done" | "stopped" | "error",
-// usage?, error?} and calls turn.onChunk(chunk) for every chunk object (the same shape over both
-// transports). It sets turn.stop(), which cancels on the server (a `cancel` message, or closing
-// the SSE connection), and turn.settle(outcome), which ends the turn.
+// Every turn asks for a resumable stream (`resumable: true`; README "Resumable streams"), so a
+// dropped connection loses nothing: the page reconnects with backoff and resumes after the last
+// chunk it showed, over the transport that carried the turn, until the server's window for the
+// stream has passed. A server that turns resumable streams off (400 naming `resumable`) gets
+// plain streams from then on. `?resume_window_s=N` asks the server to hold a dropped reply N
+// seconds (its default: 30).
+//
+// streamTurn(turn, body, key, hooks) resolves to an outcome {kind: "done" | "stopped" | "error",
+// usage?, error?, isInterrupted?} (isInterrupted: the connection dropped and the reply could not
+// be resumed) and calls turn.onChunk(chunk) for every chunk (the same shape over both
+// transports). It keeps turn.stop(), which stops the generation on the server, and
+// turn.settle(outcome), which ends the current leg. hooks: showTransport(text),
+// onReconnecting(attempt), onResumed().
 
-const WS_CONNECT_TIMEOUT_MS = 3000;
+import { cancelStream } from "./legs.js";
+import { connectedSocket, resumeOverWebSocket, startOverWebSocket } from "./socket.js";
+import { resumeOverSse, startOverSse } from "./sse.js";
 
-const connection = {
-  socket: null, // the open WebSocket, reused across turns
-  key: null, // the API key `socket` was opened with
-  turn: null, // the turn streaming over it, if any
-};
+const DEFAULT_RESUME_WINDOW_S = 30;
+// Attempts go on this long past the window: the server's clock starts when it notices the drop,
+// and its answer (404 once the stream expired) is better than a guess.
+const GIVE_UP_GRACE_MS = 10000;
+const FIRST_RETRY_DELAY_MS = 250;
+const MAX_RETRY_DELAY_MS = 4000;
 
-export function once(fn) {
-  let isCalled = false;
-  return (value) => {
-    if (isCalled) return;
-    isCalled = true;
-    fn(value);
-  };
-}
+const WEB_SOCKET = { start: startOverWebSocket, resume: resumeOverWebSocket };
+const SSE = { start: startOverSse, resume: resumeOverSse };
 
-export function forcedTransport() {
+let isResumeRefused = false; // this server turned resumable streams off: plain ones from now on
+
+function forcedTransport() {
   const value = new URLSearchParams(location.search).get("transport");
   return value === "ws" || value === "sse" ? value : null;
 }
 
-// ---- WebSocket ---------------------------------------------------------------------------------
-
-function socketUrl() {
-  const url = new URL("/v1/ws", location.href);
-  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  return url;
+// The window the page asks for (`?resume_window_s=`), or null for the server's default.
+function requestedWindowS() {
+  const value = Number(new URLSearchParams(location.search).get("resume_window_s"));
+  return Number.isFinite(value) && value > 0 ? value : null;
 }
 
-// Browsers cannot set headers on a WebSocket: the key travels as a `bearer.<key>` subprotocol
-// (kept out of URLs and logs); the server answers with `triode`, never echoing the key. A key
-// that is not a valid subprotocol token makes the constructor throw: SSE then carries it.
-function socketProtocols(key) {
-  return key ? ["triode", `bearer.${key}`] : ["triode"];
+function resumableBody(body) {
+  if (isResumeRefused) return body;
+  const window = requestedWindowS();
+  return { ...body, resumable: true, ...(window ? { resume_window_s: window } : {}) };
 }
 
-// Resolves to an open socket, or null when none can be opened (refused, 401, timeout).
-function openSocket(key) {
+function isResumeRefusal(outcome) {
+  const param = outcome.kind === "error" ? outcome.error?.param : null;
+  return param === "resumable" || param === "resume_window_s";
+}
+
+// Waits `ms` (less if the browser comes back online); a stop ends the wait.
+function pause(turn, ms) {
   return new Promise((resolve) => {
-    let socket;
-    try {
-      socket = new WebSocket(socketUrl(), socketProtocols(key));
-    } catch {
-      resolve(null);
-      return;
-    }
-    const fail = () => {
+    const wake = () => turn.settle({ kind: "dropped" });
+    const timer = setTimeout(wake, ms);
+    addEventListener("online", wake);
+    let isSettled = false;
+    turn.settle = (outcome) => {
+      if (isSettled) return;
+      isSettled = true;
       clearTimeout(timer);
-      socket.onopen = socket.onerror = socket.onclose = null;
-      socket.close();
-      resolve(null);
-    };
-    const timer = setTimeout(fail, WS_CONNECT_TIMEOUT_MS);
-    socket.onerror = fail;
-    socket.onclose = fail;
-    socket.onopen = () => {
-      clearTimeout(timer);
-      socket.onerror = null;
-      socket.onmessage = onSocketMessage;
-      socket.onclose = (event) => onSocketClosed(socket, event);
-      resolve(socket);
-    };
-  });
-}
-
-async function connectedSocket(key) {
-  const current = connection.socket;
-  if (current && current.readyState === WebSocket.OPEN && connection.key === key) return current;
-  if (current) current.close();
-  connection.socket = await openSocket(key);
-  connection.key = key;
-  return connection.socket;
-}
-
-function onSocketMessage(event) {
-  let message;
-  try {
-    message = JSON.parse(event.data);
-  } catch {
-    return; // not ours to show: the server only sends JSON
-  }
-  const turn = connection.turn;
-  // `id: null` errors are about a message that started nothing: ours, if a turn is waiting.
-  if (!turn || (message.id !== turn.id && message.id !== null)) return;
-  if (message.type === "chunk") turn.onChunk(message.chunk);
-  else if (message.type === "done")
-    turn.settle({ kind: message.cancelled ? "stopped" : "done", usage: message.usage });
-  else if (message.type === "error") turn.settle({ kind: "error", error: message.error });
-}
-
-function onSocketClosed(socket, event) {
-  if (connection.socket === socket) connection.socket = null;
-  const turn = connection.turn;
-  if (turn && turn.socket === socket) {
-    const message =
-      event.code === 1001
-        ? "the server is shutting down"
-        : `the connection to the server closed (code ${event.code})`;
-    turn.settle({ kind: "error", error: { message, code: "connection_closed" } });
-  }
-}
-
-function streamOverWebSocket(turn, socket, body) {
-  return new Promise((resolve) => {
-    turn.socket = socket;
-    connection.turn = turn;
-    turn.settle = once((outcome) => {
-      if (connection.turn === turn) connection.turn = null;
+      removeEventListener("online", wake);
       resolve(outcome);
-    });
-    turn.stop = () => socket.send(JSON.stringify({ type: "cancel", id: turn.id }));
-    turn.sentAt = performance.now();
-    socket.send(JSON.stringify({ type: "chat.completion", id: turn.id, request: body }));
+    };
+    turn.stop = () => turn.settle({ kind: "stopped" });
   });
 }
 
-// ---- SSE (fetch streaming) ---------------------------------------------------------------------
-
-async function errorFromResponse(response) {
-  const error = { status: response.status, message: response.statusText };
-  try {
-    Object.assign(error, (await response.json()).error);
-  } catch {
-    // not an OpenAI error body (a proxy's page?): the status line is all there is
-  }
-  error.retryAfter = response.headers.get("Retry-After");
-  return error;
-}
-
-// Calls onData with the data of each event; returns true once `[DONE]` arrives.
-async function readEvents(reader, onData) {
-  const decoder = new TextDecoder();
-  let buffer = "";
-  let dataLines = [];
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return false;
-    buffer += decoder.decode(value, { stream: true });
-    const lines = buffer.split(/\r?\n/);
-    buffer = lines.pop(); // an incomplete last line waits for more bytes
-    for (const line of lines) {
-      if (line.startsWith("data:")) {
-        dataLines.push(line.slice(line.startsWith("data: ") ? 6 : 5));
-      } else if (line === "" && dataLines.length) {
-        // a blank line ends an event
-        const data = dataLines.join("\n");
-        dataLines = [];
-        if (data === "[DONE]") return true;
-        onData(data);
-      }
-    }
-  }
-}
-
-async function streamOverSse(turn, body, key) {
-  const aborter = new AbortController();
-  let outcome = null;
-  const settled = new Promise((resolve) => (turn.settle = once(resolve)));
-  // Closing the connection is how an SSE client cancels: the server aborts on disconnect.
-  turn.stop = () => aborter.abort();
-  const headers = { "Content-Type": "application/json" };
-  if (key) headers.Authorization = `Bearer ${key}`;
-  const run = async () => {
-    turn.sentAt = performance.now();
-    let response;
-    try {
-      response = await fetch("/v1/chat/completions", {
-        method: "POST",
-        headers,
-        body: JSON.stringify(body),
-        signal: aborter.signal,
-      });
-    } catch (err) {
-      if (aborter.signal.aborted) throw err;
-      return { kind: "error", error: { message: `could not reach the server (${err.message})` } };
-    }
-    if (!response.ok) return { kind: "error", error: await errorFromResponse(response) };
-    const reader = response.body.getReader();
-    const isDone = await readEvents(reader, (data) => {
-      const chunk = JSON.parse(data);
-      // An error after the stream began arrives as a chunk holding only `error`.
-      if (chunk.error) outcome = { kind: "error", error: chunk.error };
-      else turn.onChunk(chunk);
-    });
-    if (outcome) return outcome;
-    if (isDone) return { kind: "done" };
-    return { kind: "error", error: { message: "the stream ended before [DONE]" } };
+// Carries on after dropped legs until the stream ends, the user stops, or it cannot resume.
+async function resumeAfterDrops(turn, transport, outcome, key, hooks) {
+  const giveUpMs = (requestedWindowS() ?? DEFAULT_RESUME_WINDOW_S) * 1000 + GIVE_UP_GRACE_MS;
+  let attempt = 0; // attempts since the last drop
+  let droppedAt = 0;
+  let hasDropped = false;
+  const onResumed = () => {
+    attempt = 0;
+    hooks.onResumed();
   };
-  run().then(turn.settle, (err) => {
-    if (aborter.signal.aborted) turn.settle({ kind: "stopped" });
-    else turn.settle({ kind: "error", error: { message: `the stream broke (${err.message})` } });
-  });
-  return settled;
+  while (outcome.kind === "dropped") {
+    hasDropped = true;
+    if (turn.isStopRequested) {
+      // Stopped while no connection carried the turn: stop it on the server all the same.
+      if (turn.streamId) cancelStream(turn.streamId, key);
+      return { kind: "stopped" };
+    }
+    if (!turn.streamId || outcome.isFinal) {
+      return { kind: "error", error: outcome.error, isInterrupted: true };
+    }
+    if (attempt === 0) droppedAt = performance.now();
+    else if (performance.now() - droppedAt > giveUpMs) {
+      const message = `could not reconnect within ${giveUpMs / 1000} s (${outcome.error?.message})`;
+      return { kind: "error", error: { message, code: "connection_lost" }, isInterrupted: true };
+    }
+    attempt += 1;
+    hooks.onReconnecting(attempt);
+    const delay = Math.min(FIRST_RETRY_DELAY_MS * 2 ** (attempt - 1), MAX_RETRY_DELAY_MS);
+    const waited = await pause(turn, delay);
+    if (waited.kind === "stopped") continue; // the loop's first check cancels it
+    const previous = outcome;
+    outcome = await transport.resume(turn, key, onResumed);
+    if (outcome.kind === "dropped" && !outcome.error) outcome.error = previous.error;
+  }
+  // A refused resumption (an expired or unknown stream) or an error that stopped the stream
+  // after the drop ends the reply where it was cut off.
+  if (hasDropped && outcome.kind === "error") outcome.isInterrupted = true;
+  return outcome;
 }
 
-// ---- one turn ----------------------------------------------------------------------------------
-
-// Streams `body` for `turn`; `showTransport(text)` says which transport carried it.
-export async function streamTurn(turn, body, key, showTransport) {
+export async function streamTurn(turn, body, key, hooks) {
   const forced = forcedTransport();
   const socket = forced === "sse" ? null : await connectedSocket(key);
   if (turn.isStopRequested) return { kind: "stopped" }; // stopped while the socket connected
+  let transport = SSE;
   if (socket) {
-    showTransport("via WebSocket");
-    return streamOverWebSocket(turn, socket, body);
+    hooks.showTransport("via WebSocket");
+    transport = WEB_SOCKET;
+  } else if (forced === "ws") {
+    return { kind: "error", error: { message: "the WebSocket could not connect" } };
+  } else {
+    hooks.showTransport(forced ? "via SSE" : "via SSE (WebSocket unavailable)");
   }
-  if (forced === "ws") return { kind: "error", error: { message: "the WebSocket could not connect" } };
-  showTransport(forced ? "via SSE" : "via SSE (WebSocket unavailable)");
-  return streamOverSse(turn, body, key);
+  let outcome = await transport.start(turn, resumableBody(body), key);
+  if (isResumeRefusal(outcome) && !isResumeRefused) {
+    isResumeRefused = true;
+    outcome = await transport.start(turn, body, key);
+  }
+  return resumeAfterDrops(turn, transport, outcome, key, hooks);
 }

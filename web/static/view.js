@@ -2,14 +2,23 @@
 // markers. No state lives here; chat.js decides what to draw and handles the buttons (through
 // event delegation on data-action attributes).
 
-import { renderMarkdown } from "./markdown.js";
+import { copyText, renderMarkdown } from "./markdown.js";
 
 export const $ = (id) => document.getElementById(id);
 
 export const FINISH_NOTES = {
   length: "Stopped at the token limit.",
   stopped: "Stopped by you.",
+  interrupted: "Cut off: the connection dropped and the reply could not be resumed.",
 };
+// What screen readers hear when a reply ends (other endings: "Reply finished.").
+export const FINISH_NEWS = {
+  length: "Reply stopped at the token limit.",
+  stopped: "Reply stopped.",
+  interrupted: "The connection dropped and the reply could not be resumed",
+};
+// Replies that end with a Continue action (when they are the last message).
+const CONTINUABLE = new Set(["length", "interrupted"]);
 
 function button(action, text, label) {
   const element = document.createElement("button");
@@ -63,7 +72,7 @@ export function userMessage(text, index = null) {
 }
 
 // An assistant message: markdown. `options.isLast` adds Regenerate (and Continue after a
-// token-limit stop); a streaming message (index null) has no buttons yet and is aria-busy, so
+// token-limit stop or a connection that could not be resumed); a streaming message (index null) has no buttons yet and is aria-busy, so
 // screen readers read it once, when it is complete.
 export function assistantMessage(text, index = null, options = {}) {
   const article = document.createElement("article");
@@ -84,7 +93,7 @@ export function assistantMessage(text, index = null, options = {}) {
     const marker = document.createElement("p");
     marker.className = `marker ${options.finish}`;
     marker.append(note);
-    if (options.finish === "length" && options.isLast) {
+    if (CONTINUABLE.has(options.finish) && options.isLast) {
       marker.append(" ", button("continue", "Continue", "Continue this reply"));
     }
     article.append(marker);
@@ -121,6 +130,37 @@ export function showError(error) {
     $("settings").open = true;
   }
   return append(bubble);
+}
+
+// The connection's state while a reply is being resumed. The line is a live region of its own:
+// screen readers hear "reconnecting" as it is shown.
+export function showReconnecting(attempt) {
+  const line = $("connection-status");
+  line.hidden = false;
+  line.textContent = `Connection lost. Reconnecting…${attempt > 1 ? ` (attempt ${attempt})` : ""}`;
+}
+
+export function hideConnectionStatus() {
+  $("connection-status").hidden = true;
+  $("connection-status").textContent = "";
+}
+
+export function showResumed() {
+  hideConnectionStatus();
+  announce("Reconnected; the reply continues.");
+}
+
+// Copies `text` and says how it went on the button and to screen readers.
+export async function copyFrom(button, text) {
+  try {
+    await copyText(text);
+    button.textContent = "Copied";
+    announce("Copied to the clipboard.");
+  } catch (error) {
+    button.textContent = "Copy failed";
+    announce(`Copying failed: ${error.message}`);
+  }
+  setTimeout(() => (button.textContent = "Copy"), 1500);
 }
 
 // Short news for screen readers (the visually hidden status region).

@@ -83,6 +83,7 @@ def test_conversations_survive_reloads_renames_and_deletes(page: Any, server_url
     assert shown_messages(page)[0] == ("user", "Name a colour.")
     assert page.find_element(By.CSS_SELECTOR, "[aria-current='page']").text == "Colours"
     screenshot(page, "browser_chat_conversations.png")
+    phone_screenshot(page, "browser_chat_conversations_phone.png")
 
     # Delete asks first; cancelling keeps it.
     delete = "[data-action='delete-conversation']"
@@ -146,6 +147,7 @@ def test_token_limit_marker_and_continue(page: Any, server_url: str) -> None:
         "Reply stopped at the token limit."
     )
     screenshot(page, "browser_chat_token_limit.png")
+    phone_screenshot(page, "browser_chat_token_limit_phone.png")
     performance_events(page)
 
     marker.find_element(By.CSS_SELECTOR, "[data-action='continue']").click()
@@ -203,6 +205,8 @@ def test_json_mode_sends_response_format(page: Any, server_url: str) -> None:
         phone_screenshot(page, "browser_chat_json_mode_refused_phone.png")
         pytest.skip(f"the server refuses JSON mode (structured output, issue 15): {errors[0]}")
     assert errors == []
+    screenshot(page, "browser_chat_json_mode.png")
+    phone_screenshot(page, "browser_chat_json_mode_phone.png")
     reply = transcript(page)[-1][1]
     if page.find_elements(By.CSS_SELECTOR, ".message.assistant .marker.length"):
         assert reply.lstrip().startswith("{"), reply  # cut by max_tokens: a JSON prefix

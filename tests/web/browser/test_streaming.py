@@ -112,7 +112,10 @@ def test_page_is_served_without_a_key_with_a_strict_policy(server_url: str) -> N
     sheets = re.findall(r'<link rel="stylesheet" href="([^"]+)"', html)
     assert "/static/chat.js" in scripts and "/static/vendor/marked.umd.js" in scripts
     assert "/static/chat.css" in sheets
-    modules = ["chat.js", "markdown.js", "settings.js", "store.js", "transport.js", "view.js"]
+    modules = [
+        *("chat.js", "legs.js", "markdown.js", "settings.js", "socket.js", "sse.js"),
+        *("store.js", "transport.js", "view.js"),
+    ]
     for path in [*scripts, *sheets, *(f"/static/{m}" for m in modules)]:
         assert path.startswith("/static/"), path  # nothing from elsewhere
         with urllib.request.urlopen(f"{server_url}{path}", timeout=10) as response:
