@@ -234,15 +234,30 @@ def screenshot(driver: Any, name: str) -> Path:
     return path
 
 
+# Whether the side panels are as the page sets them for the viewport's width (open when wide,
+# folded on phones): it does so on the media query's `change` event, a moment after a resize.
+PANELS_FIT_WIDTH = """
+const isWide = matchMedia('(min-width: 761px)').matches;
+return ['history', 'settings'].every(id => document.getElementById(id).open === isWide);
+"""
+
+
+def wait_for_panels(driver: Any) -> None:
+    wait_for(lambda: driver.execute_script(PANELS_FIT_WIDTH), 5, "the panels to fit the width")
+
+
 def phone_screenshot(driver: Any, name: str) -> Path:
-    """A screenshot at phone width (DevTools device emulation), checking nothing overflows."""
+    """A screenshot at phone width (DevTools device emulation), checking nothing overflows.
+    The side panels fold there; it returns once they are open again."""
     driver.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
         {"width": PHONE_WIDTH, "height": PHONE_HEIGHT, "deviceScaleFactor": 2, "mobile": True},
     )
     try:
+        wait_for_panels(driver)
         width = driver.execute_script("return document.documentElement.scrollWidth")
         assert width <= PHONE_WIDTH, f"the page is {width}px wide at a {PHONE_WIDTH}px viewport"
         return screenshot(driver, name)
     finally:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        wait_for_panels(driver)

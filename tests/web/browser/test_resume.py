@@ -46,9 +46,9 @@ from tests.web.helpers import metric
 pytestmark = pytest.mark.slow
 
 QUESTION = "Write a long story about a fox who learns to sail."
-MAX_TOKENS = 80
+MAX_TOKENS = 48
 # Cut once the reply shows this much: well inside it, with most of the reply still to come.
-CUT_AT_CHARS = 60
+CUT_AT_CHARS = 40
 RECONNECTING = "Connection lost. Reconnecting…"
 
 # Test-side instrumentation: every text the reconnection line (while shown) and the screen
