@@ -36,13 +36,16 @@ class EngineConfig:
     dtype: DType = "float32"
     """Data type of activations, the KV cache and float weights (quantized weights keep their
     own formats)."""
-    quantization: Quantization = "none"
-    """Weights: auto (a .gguf file's own blocks, a float checkpoint's floats), none (a .gguf
-    file de-quantized to --dtype), gguf, int8 and int4 (float weights quantized on load, groups
-    of 32), fp8 (CUDA, Hopper and later)."""
+    quantization: Quantization = "auto"
+    """Weights: auto (a .gguf file's own blocks, as the bundled model's Q4_1; a float
+    checkpoint's floats), none (a .gguf file de-quantized to --dtype: with float32, output
+    that does not depend on how requests are batched), gguf, int8 and int4 (float weights
+    quantized on load, groups of 32), fp8 (CUDA, Hopper and later)."""
     quant_direct_max_rows: int | None = None
-    """Quantized linears: steps of up to this many tokens run the quantized kernel, bigger ones
-    a dense bf16 GEMM over de-quantized weights (default: measured per weight shape at start)."""
+    """Quantized linears: steps of up to this many tokens run the quantized kernel (float32
+    activations), bigger ones a dense bf16 GEMM over de-quantized weights (default: measured
+    per weight shape at start). A value above --max-num-batched-tokens keeps every step on the
+    quantized kernel: a request's tokens then never depend on what it is batched with."""
     device: str = "auto"
     """Where the model runs: auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, ..."""
     seed: int = 0

@@ -143,7 +143,8 @@ async def serve(
             # Started only now: loading (imports, weights) may block the loop; serving must not.
             await nursery.start(heartbeat.run)
             url = next((b for b in binds if b.startswith("http://")), binds[0])
-            logger.info("serving %s on %s", state.engine.model_info.name, url)
+            info = state.engine.model_info
+            logger.info("serving %s on %s (%s)", info.name, url, describe_weights(info.weights))
             if server_config.stats_log_interval_s > 0:
                 nursery.start_soon(
                     log_stats_periodically, state.engine, server_config.stats_log_interval_s
@@ -152,6 +153,18 @@ async def serve(
             is_started = True
     if not is_started and state.engine.state is EngineState.DEAD:  # out here: not in a group
         raise EngineLoadError(state.engine.dead_reason or "the engine failed to start")
+
+
+def describe_weights(weights: dict) -> str:
+    """One phrase for the start-up line: what the weights are served as, and their bytes."""
+    if not weights:
+        return "weights: unknown"
+    source = ", ".join(f"{n} {t}" for t, n in sorted(weights.get("source_types", {}).items()))
+    return (
+        f"weights: {weights['quantization']}"
+        + (f" ({source})" if source else "")
+        + f", {weights['dtype']} activations, {weights['weight_bytes'] / 1e6:.1f} MB"
+    )
 
 
 def _freeze_startup_objects() -> None:

@@ -99,6 +99,11 @@ class ModelRunner:
         """Load the model as `config.quantization` says; returns what is being served."""
         gguf = gguf_source(folder)
         method = config.resolve_quantization(gguf is not None)
+        if method == "gguf" and config.quantization == "auto" and not self._can_quantize():
+            # NOTE: the default must serve everywhere: without the CPU kernels (no C
+            # compiler) a GGUF file is served de-quantized, as `--quantization none` would.
+            logger.warning("no C compiler for the quantized CPU kernels: serving float weights")
+            method = "none"
         if method == "none":
             self.model, self.hf_config = load_model(folder, self.dtype, self.device)
             self.model.use_onednn(resolve_cpu_linear(config.cpu_linear, self.device, self.dtype))
@@ -114,9 +119,8 @@ class ModelRunner:
             raise ValueError("quantization 'fp8' needs a CUDA GPU (Hopper or later)")
         from triode.engine.quant.calibrate import calibrate
         from triode.engine.quant.model import load_quantized_model
-        from triode.kernels import cpu_quant
 
-        if not cpu_quant.is_available():
+        if not self._can_quantize():
             raise ValueError(
                 f"quantization {method!r} needs a C compiler for its CPU kernels; "
                 "use --quantization none"
@@ -125,6 +129,14 @@ class ModelRunner:
         self.model.use_onednn(resolve_cpu_linear(config.cpu_linear, self.device, self.dtype))
         calibrate(self.model, config.quant_direct_max_rows)
         return info
+
+    def _can_quantize(self) -> bool:
+        """Whether this device has kernels for quantized weights (CUDA: torch's own)."""
+        if self.device.type == "cuda":
+            return True
+        from triode.kernels import cpu_quant
+
+        return cpu_quant.is_available()
 
     @property
     def max_position_embeddings(self) -> int:

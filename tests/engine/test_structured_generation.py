@@ -69,7 +69,8 @@ def chat_ids(tokenizer, question: str) -> list[int]:
 @pytest.fixture(scope="module")
 def llm():
     # 12 blocks of 16 tokens for six ~70-token sequences: chunked prefill and preemption.
-    return LLM(max_num_batched_tokens=48, num_kv_blocks=12, num_threads=2)
+    # Float weights: compared token for token with transformers' float32 model.
+    return LLM(max_num_batched_tokens=48, num_kv_blocks=12, num_threads=2, quantization="none")
 
 
 def reference_generate(bundled_folder, compiler, prompts, specs):

@@ -41,6 +41,16 @@ def test_health_is_503_while_the_model_loads(smol_thread, client):
     assert client.models.list().data  # and serving now
 
 
+def test_the_default_serves_the_bundled_file_as_it_is_quantized(smol_server):
+    """No --quantization: the bundled GGUF's own Q4_1 blocks, and /v1/models says so."""
+    (entry,) = httpx.get(f"{smol_server.url}/v1/models", timeout=30).json()["data"]
+    weights = entry["weights"]
+    assert weights["quantization"] == "gguf" and weights["dtype"] == "float32", weights
+    assert weights["source_types"].get("Q4_1", 0) > 100, weights
+    assert 60e6 < weights["weight_bytes"] < 120e6, weights  # float32 would be ~540 MB
+    assert weights["formats"].get("int4 g32 +offset", 0) > 100, weights
+
+
 def test_chat_stream_equals_non_stream_and_usage_comes_last(client, model):
     whole = client.chat.completions.create(
         model=model, messages=QUESTION, temperature=0, max_tokens=40
