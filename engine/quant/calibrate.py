@@ -4,17 +4,26 @@ bf16 path, by timing both at engine start on this machine.
 NOTE: the crossover depends on the CPU far more than on the model: with AMX (Sapphire Rapids
 and later) a bf16 GEMM is several times faster than AVX512 float32 FMAs from about 8 rows on;
 with AVX512-BF16 only (AMD Zen 4/5) the dense path wins later; without either it may never win.
-Measuring the real shapes once (well under a second for a small model) is more robust than a
-table of CPU models. Every linear of a shape is timed in turn, as a forward pass streams them,
-so the weights come from memory as they do when serving, and the best of a few repetitions is
-kept, so a busy neighbour does not pick the switch-over.
+Measuring the real shapes once (a few seconds for a small model on 2 cores) is more robust
+than a table of CPU models. Every linear of a shape is timed in turn, as a forward pass streams
+them, so the weights come from memory as they do when serving, and the best of a few repetitions
+is kept, so a busy neighbour does not pick the switch-over.
+
+The result is cached per machine (CPU flags, thread count, torch and kernel versions) in
+triode's cache folder, so later starts skip the measurement; delete
+`quant-calibration.json` there to measure again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +31,8 @@ from torch import nn
 from triode.engine.quant.linear import QuantLinear
 
 logger = logging.getLogger(__name__)
+
+CACHE_FILE = "quant-calibration.json"
 
 ROW_COUNTS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 _REPEATS = 3
@@ -37,27 +48,83 @@ def _best_time(fn, repeats: int = _REPEATS) -> float:
 
 
 @torch.inference_mode()
-def calibrate(model: nn.Module, fixed_rows: int | None = None) -> dict[tuple, int]:
+def calibrate(
+    model: nn.Module, fixed_rows: int | None = None, cache: Path | None = None
+) -> dict[tuple, int]:
     """Set `max_direct_rows` on every QuantLinear of `model`; returns it per shape key.
 
-    `fixed_rows` skips the measurement (tests, and users who know their machine).
+    `fixed_rows` skips the measurement (tests, and users who know their machine); `cache` is
+    the file where measurements are kept between starts (None: always measure).
     """
     groups: dict[tuple, list[QuantLinear]] = defaultdict(list)
     for module in model.modules():
         if isinstance(module, QuantLinear):
             groups[module.shape_key].append(module)
+    machine = machine_key()
+    known = _read(cache).get(machine, {}) if fixed_rows is None and cache else {}
+    known = {k: v for k, v in known.items() if isinstance(v, int) and v >= 0}
     chosen: dict[tuple, int] = {}
+    measured: dict[str, int] = {}
     for key, members in groups.items():
-        rows = fixed_rows if fixed_rows is not None else _crossover(members)
+        rows = fixed_rows if fixed_rows is not None else known.get(repr(key))
+        if rows is None:
+            rows = measured[repr(key)] = _crossover(members)
         for module in members:
             module.max_direct_rows = rows
         chosen[key] = rows
+    if measured and cache is not None:
+        _write(cache, machine, measured)
     if fixed_rows is None and chosen:
         logger.info(
-            "quantized kernels: direct up to %s rows (per shape), dense bf16 above",
+            "quantized kernels (%s): direct up to %s rows (per shape), dense bf16 above",
+            "measured" if measured else f"measured before, {cache}",
             sorted({(m[0].in_features, m[0].out_features, chosen[k]) for k, m in groups.items()}),
         )
     return chosen
+
+
+def machine_key() -> str:
+    """What the crossover depends on besides the shapes: the CPU, the threads, the kernels."""
+    from triode.kernels.cpu_build import cpu_signature
+    from triode.kernels.cpu_quant import load_library
+
+    library = load_library()
+    parts = [
+        cpu_signature(),
+        str(torch.get_num_threads()),
+        torch.__version__,
+        Path(library._name).name if library is not None else "-",
+        repr(ROW_COUNTS),
+    ]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+
+def _read(path: Path) -> dict[str, dict[str, int]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write(path: Path, machine: str, measured: dict[str, int]) -> None:
+    """Merge into the file atomically (other processes may calibrate at the same time)."""
+    data = _read(path)
+    data[machine] = {**data.get(machine, {}), **measured}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # a read-only cache only costs the next start the measurement
+        logger.warning("could not cache the calibration at %s: %s", path, exc)
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.warning("could not cache the calibration at %s: %s", path, exc)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _crossover(members: list[QuantLinear]) -> int:

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import torch
 
+from triode import host
 from triode.engine.config import EngineConfig
 from triode.engine.core.scheduler import ScheduledRequest, SchedulerOutput
 from triode.engine.models import load_model
@@ -117,6 +118,7 @@ class ModelRunner:
             return info
         if method == "fp8":
             raise ValueError("quantization 'fp8' needs a CUDA GPU (Hopper or later)")
+        from triode.engine.quant.calibrate import CACHE_FILE as CALIBRATION_FILE
         from triode.engine.quant.calibrate import calibrate
         from triode.engine.quant.model import load_quantized_model
 
@@ -127,7 +129,8 @@ class ModelRunner:
             )
         self.model, self.hf_config, info = load_quantized_model(folder, gguf, method, self.dtype)
         self.model.use_onednn(resolve_cpu_linear(config.cpu_linear, self.device, self.dtype))
-        calibrate(self.model, config.quant_direct_max_rows)
+        cache = host.cache_dir(config.cache_dir) / CALIBRATION_FILE
+        calibrate(self.model, config.quant_direct_max_rows, cache)
         return info
 
     def _can_quantize(self) -> bool:

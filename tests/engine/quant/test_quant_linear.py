@@ -4,6 +4,8 @@ chunks; the kernel is chosen per call by the number of rows; calibration sets th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -69,6 +71,34 @@ def test_calibration_sets_every_linear_of_a_shape():
     measured = calibrate(model)
     assert all(rows >= 1 for rows in measured.values())
     assert [m.max_direct_rows for m in model[:3]] == [measured[model[0].shape_key]] * 3
+
+
+def test_calibration_is_cached_per_machine(tmp_path, monkeypatch):
+    """Measured once, then read back (later starts skip the timing); another thread count is
+    another machine key, measured afresh."""
+    import triode.engine.quant.calibrate as calibration
+
+    parts, _ = parts_and_dense()
+    model = torch.nn.ModuleList([QuantLinear(parts, None, Scratch()) for _ in range(2)])
+    cache = tmp_path / "cache" / calibration.CACHE_FILE
+    measured = calibrate(model, cache=cache)
+    saved = json.loads(cache.read_text())
+    key = calibration.machine_key()
+    assert saved == {key: {repr(k): v for k, v in measured.items()}}
+    saved[key] = {k: 1234 for k in saved[key]}  # what a later start finds
+    cache.write_text(json.dumps(saved))
+    monkeypatch.setattr(calibration, "_crossover", lambda members: pytest.fail("re-measured"))
+    assert set(calibrate(model, cache=cache).values()) == {1234}
+    assert all(m.max_direct_rows == 1234 for m in model)
+    monkeypatch.undo()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert calibration.machine_key() != key
+        assert 1234 not in calibrate(model, cache=cache).values()
+    finally:
+        torch.set_num_threads(threads)
+    assert len(json.loads(cache.read_text())) == 2
 
 
 def test_int4_and_int8_quantizers_round_to_nearest():
