@@ -55,7 +55,9 @@ def build(source_name: str, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | 
     source = SOURCE_DIR / source_name
     flags = [*BASE_FLAGS, *extra_flags]
     recipe = " ".join(flags) + " | link: " + " ".join(LINK_FLAGS)
-    key = hashlib.sha256(source.read_bytes() + recipe.encode() + cpu_signature().encode())
+    # Headers count too: a source includes them (quant_matmul.c: quant_blocks.h).
+    headers = b"".join(h.read_bytes() for h in sorted(SOURCE_DIR.glob("*.h")))
+    key = hashlib.sha256(source.read_bytes() + headers + recipe.encode() + cpu_signature().encode())
     target = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)

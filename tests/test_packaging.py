@@ -47,13 +47,15 @@ def test_wheel_installs_one_top_level_name(wheel, tmp_path):
     assert importable == {"triode"}
     names = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     assert {n for n in names if not n.endswith(".dist-info")} == {"triode"}
-    # The package data travels: the chat page, the load tester's prompts, the C kernel source.
+    # The package data travels: the chat page, the load tester's prompts, the C kernel sources.
     files = set(zipfile.ZipFile(wheel).namelist())
     for data in (
         "triode/web/static/index.html",
         "triode/web/static/vendor/marked.umd.js",
         "triode/load_tests/data/chat_prompts.json",
         "triode/kernels/cpu/paged_decode.c",
+        "triode/kernels/cpu/quant_matmul.c",
+        "triode/kernels/cpu/quant_blocks.h",
     ):
         assert data in files
     # Nothing of the test suite is installed.

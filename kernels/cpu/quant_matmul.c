@@ -9,98 +9,22 @@
  * scales and offsets stay float32 (no bf16 rounding), so a GGUF file's numbers are used as they
  * are. For steps with many rows the engine instead de-quantizes into a bf16 scratch matrix and
  * runs a dense bf16 GEMM (AMX / AVX512-BF16 through oneDNN): `triode_quant_dequant_bf16`.
- *
- * Layout: columns (output features) in blocks of 64; block b holds, for every k, the codes of
- * columns 64b..64b+63 contiguously:
- *   4-bit: 32 bytes per k; byte j = code(col j) | code(col j + 32) << 4   (codes 0..15)
- *   8-bit: 64 bytes per k; byte j = code(col j)                          (int8)
- * scales/offsets: [K / group, N_padded], float32, or float16 where every value is exactly a
- * half (Q4_0/Q4_1/Q8_0 files store half scales: half the bytes, the same numbers); N is padded
- * to a multiple of 64 with zeros.
+ * The layout of the weights is described in quant_blocks.h.
  *
  * The matmul sums x * code over a group first and applies scale and offset once per group:
  *   sum_k x_k W_nk = sum_g scale_gn (sum_{k in g} x_k code_nk) + offset_gn (sum_{k in g} x_k)
+ * Few rows (<= 4) unpack the codes in registers for each call; more rows unpack each block's
+ * codes once into an L1 buffer shared by all row tiles. Per row both do the same operations in
+ * the same order, so a row's result never depends on how many rows share the call.
  */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "quant_blocks.h"
 
-#define BLOCK_N 64
-#define MAX_ROWS 4
-
-typedef struct {
-    const uint8_t *codes;
-    const void *scales;
-    const void *offsets; /* NULL: symmetric */
-    int bits;            /* 4 or 8 */
-    int half;            /* scales/offsets are float16 */
-    int group;
-    int64_t N, K, ld_scale;
-} weight_t;
-
-static inline float half_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1F, man = h & 0x3FF, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400)) { man <<= 1; exp--; }
-            bits = sign | (exp << 23) | ((man & 0x3FF) << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7F800000 | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
-}
-
-static inline float param_at(const void *base, int half, int64_t i) {
-    return half ? half_to_float(((const uint16_t *)base)[i]) : ((const float *)base)[i];
-}
-
-/* Codes of 64 columns at one k as 64 floats, columns in order. */
-static inline void unpack_codes(const uint8_t *restrict p, int bits, float *restrict w) {
-    if (bits == 4) {
-        for (int j = 0; j < 32; j++) {
-            w[j] = (float)(p[j] & 0x0F);
-            w[j + 32] = (float)(p[j] >> 4);
-        }
-    } else {
-        const int8_t *s = (const int8_t *)p;
-        for (int j = 0; j < 64; j++) w[j] = (float)s[j];
-    }
-}
+#define MAX_ROWS 4   /* rows per call of the few-rows path (codes unpacked in registers) */
+#define ROW_TILE 6   /* rows per register tile of the many-rows path */
+#define K_TILE 32    /* k's unpacked at once into the many-rows path's L1 buffer */
+#define ROW_CHUNK 64 /* rows per work item of the many-rows path */
 
 #if defined(__AVX512F__)
-static inline void unpack_codes_avx512(const uint8_t *p, int bits, __m512 w[4]) {
-    if (bits == 4) {
-        const __m512i low = _mm512_set1_epi32(0x0F);
-        const __m512i a = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
-        const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16)));
-        w[0] = _mm512_cvtepi32_ps(_mm512_and_si512(a, low));
-        w[1] = _mm512_cvtepi32_ps(_mm512_and_si512(b, low));
-        w[2] = _mm512_cvtepi32_ps(_mm512_srli_epi32(a, 4));
-        w[3] = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
-    } else {
-        for (int c = 0; c < 4; c++)
-            w[c] = _mm512_cvtepi32_ps(
-                _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * c))));
-    }
-}
-
-static inline __m512 load_params(const void *base, int half, int64_t i) {
-    if (half) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)base + i)));
-    return _mm512_loadu_ps((const float *)base + i);
-}
-
 /* One 64-column block, R rows of x (R <= MAX_ROWS, a constant after inlining). */
 static inline __attribute__((always_inline)) void block_rows_avx512(
     const int R, const float *restrict x, int64_t ldx, const weight_t *w, int64_t b,
@@ -130,6 +54,89 @@ static inline __attribute__((always_inline)) void block_rows_avx512(
             for (int r = 0; r < R; r++) {
                 float *a = acc + r * BLOCK_N + 16 * c;
                 __m512 t = _mm512_fmadd_ps(gacc[r][c], s, _mm512_loadu_ps(a));
+                if (w->offsets) t = _mm512_fmadd_ps(_mm512_set1_ps(sums[r * groups + g]), o, t);
+                _mm512_storeu_ps(a, t);
+            }
+        }
+    }
+}
+
+/* Rows r < R (R <= ROW_TILE, a constant after inlining) of `g` [R, 64] += x[r, k0 + k] *
+   w[k, :] over the `kn` unpacked k's in `wbuf` [kn, 64] (g starts at zero when `first`). */
+static inline __attribute__((always_inline)) void tile_rows_avx512(
+    const int R, const float *restrict x, int64_t ldx, int64_t k0, int kn,
+    const float *restrict wbuf, float *restrict g, int first)
+{
+    __m512 a[ROW_TILE][4];
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < 4; c++)
+            a[r][c] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(g + r * BLOCK_N + 16 * c);
+    for (int k = 0; k < kn; k++) {
+        const float *wk = wbuf + k * BLOCK_N;
+        const __m512 v0 = _mm512_loadu_ps(wk), v1 = _mm512_loadu_ps(wk + 16);
+        const __m512 v2 = _mm512_loadu_ps(wk + 32), v3 = _mm512_loadu_ps(wk + 48);
+        for (int r = 0; r < R; r++) {
+            const __m512 xv = _mm512_set1_ps(x[r * ldx + k0 + k]);
+            a[r][0] = _mm512_fmadd_ps(xv, v0, a[r][0]);
+            a[r][1] = _mm512_fmadd_ps(xv, v1, a[r][1]);
+            a[r][2] = _mm512_fmadd_ps(xv, v2, a[r][2]);
+            a[r][3] = _mm512_fmadd_ps(xv, v3, a[r][3]);
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(g + r * BLOCK_N + 16 * c, a[r][c]);
+}
+
+static inline void tile_rows(int R, const float *x, int64_t ldx, int64_t k0, int kn,
+                             const float *wbuf, float *g, int first) {
+    switch (R) { /* a constant R per call: the row loops unroll */
+    case 1: tile_rows_avx512(1, x, ldx, k0, kn, wbuf, g, first); return;
+    case 2: tile_rows_avx512(2, x, ldx, k0, kn, wbuf, g, first); return;
+    case 3: tile_rows_avx512(3, x, ldx, k0, kn, wbuf, g, first); return;
+    case 4: tile_rows_avx512(4, x, ldx, k0, kn, wbuf, g, first); return;
+    case 5: tile_rows_avx512(5, x, ldx, k0, kn, wbuf, g, first); return;
+    default: tile_rows_avx512(6, x, ldx, k0, kn, wbuf, g, first); return;
+    }
+}
+
+/*
+ * One 64-column block for R <= ROW_CHUNK rows. The few-rows path unpacks the codes again for
+ * every 4 rows; here each k-tile of codes is unpacked once into `wbuf` (in L1) and shared by
+ * all row tiles, so the FMAs, not the unpacking, set the pace. Per row the operations and
+ * their order are those of block_rows_avx512: a row's result never depends on the others.
+ */
+static void block_many_rows_avx512(int R, const float *restrict x, int64_t ldx,
+                                   const weight_t *w, int64_t b, const float *restrict sums,
+                                   float *restrict acc, float *restrict gbuf,
+                                   float *restrict wbuf) {
+    const int64_t bytes_per_k = w->bits == 4 ? 32 : 64;
+    const int groups = (int)(w->K / w->group);
+    const uint8_t *p = w->codes + b * w->K * bytes_per_k;
+    for (int i = 0; i < R * BLOCK_N; i++) acc[i] = 0.0f;
+    for (int g = 0; g < groups; g++) {
+        for (int64_t k0 = (int64_t)g * w->group; k0 < (int64_t)(g + 1) * w->group; k0 += K_TILE) {
+            const int64_t k_end = (int64_t)(g + 1) * w->group;
+            const int kn = (int)(k_end - k0 < K_TILE ? k_end - k0 : K_TILE);
+            for (int k = 0; k < kn; k++, p += bytes_per_k) {
+                __m512 v[4];
+                unpack_codes_avx512(p, w->bits, v);
+                for (int c = 0; c < 4; c++) _mm512_storeu_ps(wbuf + k * BLOCK_N + 16 * c, v[c]);
+            }
+            const int first = k0 == (int64_t)g * w->group;
+            for (int r0 = 0; r0 < R; r0 += ROW_TILE) {
+                const int n = R - r0 < ROW_TILE ? R - r0 : ROW_TILE;
+                tile_rows(n, x + r0 * ldx, ldx, k0, kn, wbuf, gbuf + r0 * BLOCK_N, first);
+            }
+        }
+        const int64_t at = (int64_t)g * w->ld_scale + b * BLOCK_N;
+        for (int c = 0; c < 4; c++) {
+            const __m512 s = load_params(w->scales, w->half, at + 16 * c);
+            const __m512 o = w->offsets ? load_params(w->offsets, w->half, at + 16 * c)
+                                        : _mm512_setzero_ps();
+            for (int r = 0; r < R; r++) {
+                float *a = acc + r * BLOCK_N + 16 * c;
+                const __m512 ga = _mm512_loadu_ps(gbuf + r * BLOCK_N + 16 * c);
+                __m512 t = _mm512_fmadd_ps(ga, s, _mm512_loadu_ps(a));
                 if (w->offsets) t = _mm512_fmadd_ps(_mm512_set1_ps(sums[r * groups + g]), o, t);
                 _mm512_storeu_ps(a, t);
             }
@@ -181,11 +188,6 @@ static inline void block_rows(int R, const float *x, int64_t ldx, const weight_t
 #endif
 }
 
-static int check(const weight_t *w) {
-    if ((w->bits != 4 && w->bits != 8) || w->group <= 0 || w->K % w->group || w->N <= 0) return -1;
-    return 0;
-}
-
 /*
  * out[m, n] (row stride ldo) = sum_k x[m, k] W[n, k] for m < M, n < N; x rows have stride ldx.
  * Returns 0, or a negative code for arguments the kernel cannot take.
@@ -208,6 +210,28 @@ int triode_quant_matmul(const float *x, int64_t ldx, int64_t M, const uint8_t *c
                 sums[m * groups + g] = s;
             }
     }
+#if defined(__AVX512F__)
+    if (M > MAX_ROWS) { /* many rows: unpack once per block and k-tile, share across rows */
+        const int64_t row_chunks = (M + ROW_CHUNK - 1) / ROW_CHUNK;
+#pragma omp parallel for schedule(static) collapse(2)
+        for (int64_t b = 0; b < n_blocks; b++) {
+            for (int64_t rc = 0; rc < row_chunks; rc++) {
+                float acc[ROW_CHUNK * BLOCK_N], gbuf[ROW_CHUNK * BLOCK_N];
+                float wbuf[K_TILE * BLOCK_N];
+                const int64_t m0 = rc * ROW_CHUNK;
+                const int R = (int)(M - m0 < ROW_CHUNK ? M - m0 : ROW_CHUNK);
+                block_many_rows_avx512(R, x + m0 * ldx, ldx, &w, b,
+                                       sums ? sums + m0 * groups : NULL, acc, gbuf, wbuf);
+                const int64_t n0 = b * BLOCK_N;
+                const int64_t width = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
+                for (int r = 0; r < R; r++)
+                    memcpy(out + (m0 + r) * ldo + n0, acc + r * BLOCK_N, sizeof(float) * width);
+            }
+        }
+        free(sums);
+        return 0;
+    }
+#endif
     const int64_t row_chunks = (M + MAX_ROWS - 1) / MAX_ROWS;
 #pragma omp parallel for schedule(static) collapse(2)
     for (int64_t b = 0; b < n_blocks; b++) {
@@ -226,26 +250,6 @@ int triode_quant_matmul(const float *x, int64_t ldx, int64_t M, const uint8_t *c
     return 0;
 }
 
-static inline uint16_t bf16_of_float(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof(u));
-    u += 0x7FFF + ((u >> 16) & 1); /* round to nearest even (weights are finite) */
-    return (uint16_t)(u >> 16);
-}
-
-#if defined(__AVX512F__)
-static inline __m256i bf16_of(__m512 v) {
-#if defined(__AVX512BF16__)
-    return (__m256i)_mm512_cvtneps_pbh(v);
-#else
-    __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    u = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16));
-#endif
-}
-#endif
-
 /*
  * W^T as bf16, k-major: out[k * ldo + (n - n_start)] for n in [n_start, n_end), n_start a
  * multiple of 64. Each value is rounded once from float32 `scale * code` (+ `offset`, a second
@@ -259,32 +263,43 @@ int triode_quant_dequant_bf16(const uint8_t *codes, int bits, const void *scales
     if (check(&w) || n_start % BLOCK_N || n_start < 0 || n_end > N || n_end <= n_start) return -1;
     const int64_t bytes_per_k = bits == 4 ? 32 : 64;
     const int64_t b0 = n_start / BLOCK_N, b1 = (n_end + BLOCK_N - 1) / BLOCK_N;
+    const int64_t groups = K / group;
+    /* One work item = one block's one group: its scales and offsets are loaded once. */
 #pragma omp parallel for schedule(static) collapse(2)
     for (int64_t b = b0; b < b1; b++) {
-        for (int64_t k = 0; k < K; k++) {
-            const uint8_t *p = codes + (b * K + k) * bytes_per_k;
-            const int64_t at = (k / group) * w.ld_scale + b * BLOCK_N;
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t at = g * w.ld_scale + b * BLOCK_N;
             const int64_t n0 = b * BLOCK_N;
             const int64_t width = n_end - n0 < BLOCK_N ? n_end - n0 : BLOCK_N;
-            uint16_t *dst = out + k * ldo + (n0 - n_start);
 #if defined(__AVX512F__)
             if (width == BLOCK_N) {
-                __m512 v[4];
-                unpack_codes_avx512(p, bits, v);
+                __m512 s[4], o[4];
                 for (int c = 0; c < 4; c++) {
-                    __m512 t = _mm512_mul_ps(v[c], load_params(scales, half, at + 16 * c));
-                    if (offsets) t = _mm512_add_ps(t, load_params(offsets, half, at + 16 * c));
-                    _mm256_storeu_si256((__m256i *)(dst + 16 * c), bf16_of(t));
+                    s[c] = load_params(scales, half, at + 16 * c);
+                    o[c] = offsets ? load_params(offsets, half, at + 16 * c) : _mm512_setzero_ps();
+                }
+                for (int64_t k = g * group; k < (g + 1) * group; k++) {
+                    __m512 v[4];
+                    unpack_codes_avx512(codes + (b * K + k) * bytes_per_k, bits, v);
+                    uint16_t *dst = out + k * ldo + (n0 - n_start);
+                    for (int c = 0; c < 4; c++) {
+                        __m512 t = _mm512_mul_ps(v[c], s[c]);
+                        if (offsets) t = _mm512_add_ps(t, o[c]);
+                        _mm256_storeu_si256((__m256i *)(dst + 16 * c), bf16_of(t));
+                    }
                 }
                 continue;
             }
 #endif
-            float v[BLOCK_N];
-            unpack_codes(p, bits, v);
-            for (int j = 0; j < width; j++) {
-                float t = param_at(scales, half, at + j) * v[j];
-                if (offsets) t = t + param_at(offsets, half, at + j);
-                dst[j] = bf16_of_float(t);
+            for (int64_t k = g * group; k < (g + 1) * group; k++) {
+                float v[BLOCK_N];
+                unpack_codes(codes + (b * K + k) * bytes_per_k, bits, v);
+                uint16_t *dst = out + k * ldo + (n0 - n_start);
+                for (int j = 0; j < width; j++) {
+                    float t = param_at(scales, half, at + j) * v[j];
+                    if (offsets) t = t + param_at(offsets, half, at + j);
+                    dst[j] = bf16_of_float(t);
+                }
             }
         }
     }

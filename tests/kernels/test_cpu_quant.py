@@ -1,7 +1,7 @@
 """The CPU quantized matmul and de-quantizer (kernels/cpu/quant_matmul.c) against float64
 arithmetic on the same numbers: 4- and 8-bit codes, half and float scales, with and without
-offsets, group sizes 16/32/whole rows, widths that are not whole 64-column blocks, 1 to 9 rows,
-strided inputs and outputs."""
+offsets, group sizes 16/32/whole rows, widths that are not whole 64-column blocks, 1 to 70 rows
+(both of the kernel's paths), strided inputs and outputs."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("n,k,bits,group,offsets,half", CASES)
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 70])
 def test_matmul_matches_float64(n, k, bits, group, offsets, half, rows):
     weight, dense = make_weight(n, k, bits, group, offsets, half)
     assert weight.scales.dtype == (torch.float16 if half else torch.float32)
@@ -51,6 +51,18 @@ def test_matmul_matches_float64(n, k, bits, group, offsets, half, rows):
     # float32 sums: errors scale with sum |x_k w_nk|, not with the (cancelling) result
     bound = float((x.abs() @ dense.abs().t()).max())
     torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6 * bound)
+
+
+@pytest.mark.parametrize("n,k,bits,group,offsets,half", CASES)
+def test_a_rows_result_does_not_depend_on_the_other_rows(n, k, bits, group, offsets, half):
+    """Bit for bit: the few-rows path (codes unpacked per 4 rows) and the many-rows path (codes
+    unpacked once, row tiles of 6, chunks of 64) do the same operations per row, so with
+    every step on this kernel a request's numbers never depend on what shares its step."""
+    weight, _ = make_weight(n, k, bits, group, offsets, half)
+    x = torch.randn(70, k, generator=torch.Generator().manual_seed(1))
+    alone = torch.cat([cpu_quant.quant_matmul(x[i : i + 1], weight) for i in range(70)])
+    for rows in (2, 4, 5, 7, 13, 64, 70):
+        assert torch.equal(cpu_quant.quant_matmul(x[:rows], weight), alone[:rows]), rows
 
 
 @pytest.mark.parametrize("n,k,bits,group,offsets,half", CASES)
