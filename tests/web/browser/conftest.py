@@ -1,10 +1,11 @@
 """One real `triode serve` and one headless Chromium, shared by every browser test.
 
-The server is a subprocess on 127.0.0.1 serving the bundled SmolLM2-135M-Instruct with an API
-key, so every test also goes through the page's key handling. Chromium is driven by Selenium
-with explicit paths to Debian's chromium and chromedriver (nothing is downloaded); Chrome's
-performance log shows the WebSocket frames and HTTP requests the page really sent. Each test
-gets a fresh page: no saved settings, no stored conversations, empty logs.
+The server is a subprocess on 127.0.0.1 serving the bundled SmolLM2-135M-Instruct (its Q4_1
+weights as they are) with an API key, so every test also goes through the page's key handling.
+Chromium is driven by Selenium with explicit paths to Debian's chromium and chromedriver
+(nothing is downloaded); Chrome's performance log shows the WebSocket frames and HTTP requests
+the page really sent. Each test gets a fresh page: no saved settings, no stored conversations,
+empty logs.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--max-num-seqs=4",
         # One WebSocket generation at a time across the server: the "busy" test needs it.
         "--max-ws-generations=1",
+        # The bundled file's own quantized weights (the default), every step on the direct
+        # kernel: Continue's text must equal one uninterrupted reply, so a token's numbers
+        # must not depend on the step's size (README, "Quantized weights").
+        "--quant-direct-max-rows=4096",
         "--shutdown-timeout-s=2",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
