@@ -11,6 +11,8 @@ Workloads (fixed seeds; random token-id prompts; every request forced to its ful
 - single: one request, 100-token prompt, 128 new tokens (decode speed of one stream).
 
 Useful output tokens per second are wall-clock, prefill included, for both engines.
+triode serves the engine's default weights (the bundled file's Q4_1 blocks; `--quantization
+none`: the float32 weights transformers runs); each result says which.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def run_triode(workload: Workload, engine_kwargs: dict) -> Result:
     assert produced == workload.useful_tokens, (produced, workload.useful_tokens)
     t = engine.runner.timings
     detail = {
+        "weights": engine.runner.weights_info.summary(),
         "steps": t.num_steps,
         "ms_per_step": {
             "schedule": 1e3 * engine.step_timings.get("schedule", 0) / max(1, t.num_steps),
@@ -154,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention-backend", choices=["auto", "torch", "cpu"], default=None)
     parser.add_argument("--cpu-linear", choices=["auto", "onednn", "torch"], default=None)
     parser.add_argument(
+        "--quantization",
+        choices=["auto", "none", "gguf", "int8", "int4"],
+        default=None,
+        help="triode's weights (default: the engine's, auto: the bundled file's Q4_1 blocks; "
+        "none: the float32 weights transformers runs)",
+    )
+    parser.add_argument(
         "--ablation",
         action="store_true",
         help="triode only, once per CPU fast path on/off (attention kernel x oneDNN linears)",
@@ -173,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         engine_kwargs["attention_backend"] = args.attention_backend
     if args.cpu_linear:
         engine_kwargs["cpu_linear"] = args.cpu_linear
+    if args.quantization:
+        engine_kwargs["quantization"] = args.quantization
     names = ["single", "fixed", "mixed"] if args.workload == "all" else [args.workload]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32")
+    weights = args.quantization or "the engine's default quantization"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, triode: {weights}")
     results: list[Result] = []
     if args.ablation:
         for name in names:
@@ -223,6 +236,8 @@ def _print(r: Result) -> None:
             f"        per step (ms): {parts}; {r.detail['tokens_per_step']:.0f} tokens/step, "
             f"{r.detail['steps']} steps, {r.detail['preemptions']} preemptions"
         )
+    if "weights" in r.detail:
+        print(f"        {r.detail['weights']}")
     sys.stdout.flush()
 
 
