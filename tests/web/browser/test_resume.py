@@ -24,6 +24,7 @@ from tests.web.browser.helpers import (
     click_action,
     configure,
     current_messages,
+    error_texts,
     num_aborted,
     open_page,
     page_state,
@@ -33,6 +34,7 @@ from tests.web.browser.helpers import (
     requested_urls,
     screenshot,
     script_errors,
+    sent_ws_messages,
     set_field,
     shown_messages,
     transcript,
@@ -296,4 +298,37 @@ def test_expired_stream_ends_with_a_marker_and_continue_still_works(
     click_action(page, "regenerate")
     wait_until_idle(page)
     assert len(transcript(page)) == 2 and transcript(page)[-1][1] != continued
+    assert script_errors(page) == []
+
+
+def test_a_refused_resumable_stream_falls_back_to_a_plain_one(
+    page: Any, server_url: str, relay: TcpRelay
+) -> None:
+    """A server that refuses the resumable stream the page asks for gets plain streams: the
+    reply still comes, and a drop then ends it at once with the marker. Here the refusal is a
+    window above the server's --max-resume-window-s (400 naming `resume_window_s`); a server
+    with resumable streams off names `resumable`, which the page treats alike."""
+    open_page(page, relay.url, "?resume_window_s=100000")
+    configure(page, max_tokens=MAX_TOKENS)
+    performance_events(page)
+    aborted_before = num_aborted(server_url)
+    ask(page, QUESTION)
+
+    def has_grown_or_failed() -> bool:
+        return reply_length(page) >= CUT_AT_CHARS or bool(error_texts(page))
+
+    wait_for(has_grown_or_failed, REPLY_TIMEOUT_S, "the reply to grow")
+    assert error_texts(page) == []
+    assert relay.cut() >= 1
+    wait_until_idle(page, 15)
+    wait_for_abort_recorded(server_url, aborted_before)  # a plain stream ends with its socket
+
+    sent = sent_ws_messages(performance_events(page))
+    assert [m["type"] for m in sent] == ["chat.completion", "chat.completion"]  # no resume
+    first, second = (m["request"] for m in sent)
+    assert first["resumable"] is True and first["resume_window_s"] == 100000
+    assert "resumable" not in second and "resume_window_s" not in second
+    assert current_messages(page)[-1]["finish"] == "interrupted"
+    assert len(current_messages(page)[-1]["content"]) >= CUT_AT_CHARS
+    assert page.find_elements(By.CSS_SELECTOR, ".message.assistant .marker.interrupted")
     assert script_errors(page) == []
