@@ -163,7 +163,8 @@ def describe_weights(weights: dict) -> str:
     return (
         f"weights: {weights['quantization']}"
         + (f" ({source})" if source else "")
-        + f", {weights['dtype']} activations, {weights['weight_bytes'] / 1e6:.1f} MB"
+        + f", {weights['weight_bytes'] / 1e6:.1f} MB, {weights['bits_per_weight']:.2f} bits/weight"
+        + f", {weights['dtype']} activations"
     )
 
 

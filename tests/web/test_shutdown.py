@@ -144,6 +144,9 @@ async def test_triode_serve_stops_on_signals(tiny_folder, signals, exit_code):
             url = (
                 (await server.wait_for_log(rb"serving tiny on (http://[\d.:]+)")).group(1).decode()
             )
+            # The start-up line also says what is served: a float checkpoint stays float.
+            line = rb"serving tiny on \S+ \(weights: none, [\d.]+ MB, 32.00 bits/weight, float32 "
+            await server.wait_for_log(line)
             max_tokens = 200 if exit_code == 0 else 1000
             body = {"prompt": "Once", "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
             result: dict = {}
