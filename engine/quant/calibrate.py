@@ -11,7 +11,9 @@ is kept, so a busy neighbour does not pick the switch-over.
 
 The result is cached per machine (CPU flags, thread count, torch and kernel versions) in
 triode's cache folder, so later starts skip the measurement; delete
-`quant-calibration.json` there to measure again.
+`quant-calibration.json` there to measure again. A measurement taken while other processes
+used more than BUSY_CORES cores is applied but not cached: a busy first start must not fix a
+disturbed switch-over for every later one.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from triode.engine.quant.linear import QuantLinear
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "quant-calibration.json"
+BUSY_CORES = 0.5
 
 ROW_COUNTS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 _REPEATS = 3
@@ -65,6 +68,7 @@ def calibrate(
     known = {k: v for k, v in known.items() if isinstance(v, int) and v >= 0}
     chosen: dict[tuple, int] = {}
     measured: dict[str, int] = {}
+    mark = load_mark()
     for key, members in groups.items():
         rows = fixed_rows if fixed_rows is not None else known.get(repr(key))
         if rows is None:
@@ -73,7 +77,15 @@ def calibrate(
             module.max_direct_rows = rows
         chosen[key] = rows
     if measured and cache is not None:
-        _write(cache, machine, measured)
+        others = others_cores_since(mark)
+        if others is not None and others > BUSY_CORES:
+            logger.info(
+                "quantized kernels' calibration not cached: other processes used %.1f cores "
+                "while it ran (the next start measures again)",
+                others,
+            )
+        else:
+            _write(cache, machine, measured)
     if fixed_rows is None and chosen:
         logger.info(
             "quantized kernels (%s): direct up to %s rows (per shape), dense bf16 above",
@@ -81,6 +93,22 @@ def calibrate(
             sorted({(m[0].in_features, m[0].out_features, chosen[k]) for k, m in groups.items()}),
         )
     return chosen
+
+
+def load_mark() -> tuple[float | None, float | None, float]:
+    """(machine busy CPU seconds, our CPU seconds, wall clock) now."""
+    from triode.engine.thread_policy import machine_busy_seconds, process_cpu_seconds
+
+    return machine_busy_seconds(), process_cpu_seconds(), time.monotonic()
+
+
+def others_cores_since(mark: tuple[float | None, float | None, float]) -> float | None:
+    """Cores other processes kept busy since `mark` (None where /proc cannot tell)."""
+    busy0, own0, wall0 = mark
+    busy1, own1, wall1 = load_mark()
+    if busy0 is None or own0 is None or busy1 is None or own1 is None:
+        return None
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-3)
 
 
 def machine_key() -> str:

@@ -75,12 +75,19 @@ def test_calibration_sets_every_linear_of_a_shape():
 
 def test_calibration_is_cached_per_machine(tmp_path, monkeypatch):
     """Measured once, then read back (later starts skip the timing); another thread count is
-    another machine key, measured afresh."""
+    another machine key, measured afresh; a measurement disturbed by other processes is not
+    kept."""
     import triode.engine.quant.calibrate as calibration
 
+    real_crossover = calibration._crossover
     parts, _ = parts_and_dense()
     model = torch.nn.ModuleList([QuantLinear(parts, None, Scratch()) for _ in range(2)])
     cache = tmp_path / "cache" / calibration.CACHE_FILE
+    quiet = {"value": 0.0}  # cores other processes used meanwhile (the suite may run beside)
+    monkeypatch.setattr(calibration, "others_cores_since", lambda mark: quiet["value"])
+    quiet["value"] = 1.5  # a busy machine: applied, not cached
+    assert calibrate(model, cache=cache) and not cache.exists()
+    quiet["value"] = 0.0
     measured = calibrate(model, cache=cache)
     saved = json.loads(cache.read_text())
     key = calibration.machine_key()
@@ -90,7 +97,7 @@ def test_calibration_is_cached_per_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(calibration, "_crossover", lambda members: pytest.fail("re-measured"))
     assert set(calibrate(model, cache=cache).values()) == {1234}
     assert all(m.max_direct_rows == 1234 for m in model)
-    monkeypatch.undo()
+    monkeypatch.setattr(calibration, "_crossover", real_crossover)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)
@@ -99,6 +106,15 @@ def test_calibration_is_cached_per_machine(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert len(json.loads(cache.read_text())) == 2
+
+
+def test_other_processes_cores_are_busy_time_minus_ours(monkeypatch):
+    import triode.engine.quant.calibrate as calibration
+
+    # 3 s of the machine's CPU over 2 s of wall clock, 1 s of it ours: others used 1 core.
+    monkeypatch.setattr(calibration, "load_mark", lambda: (103.0, 11.0, 2.0))
+    assert calibration.others_cores_since((100.0, 10.0, 0.0)) == 1.0
+    assert calibration.others_cores_since((None, 10.0, 0.0)) is None  # no /proc
 
 
 def test_int4_and_int8_quantizers_round_to_nearest():
