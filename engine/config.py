@@ -94,9 +94,11 @@ class EngineConfig:
 
     speculative_config: str | None = None
     """Speculative decoding, as JSON, spelled as vLLM spells it: '{"method": "ngram",
-    "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}' (add
-    "disable_by_batch_size": N to pause it from N running+waiting requests on; default 4).
-    LLM(speculative_config=...) also takes the dict. Off when unset."""
+    "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}' or
+    '{"method": "draft_model", "model": PATH, "num_speculative_tokens": 4}' (a draft with the
+    same tokenizer; add "quantization": "int4" to quantize it on load, "draft_num_kv_blocks":
+    N for its KV cache); add "disable_by_batch_size": N to pause it from N running+waiting
+    requests on (default 4). LLM(speculative_config=...) also takes the dict. Off when unset."""
 
     cache_dir: str | None = None
     """Where converted GGUF models are cached (default: $XDG_CACHE_HOME/triode or

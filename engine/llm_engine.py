@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from triode.engine.config import EngineConfig
 from triode.engine.core.kv_invariants import KVInvariantChecker
@@ -26,12 +27,16 @@ from triode.engine.runner.model_runner import ModelRunner, RunnerOutput
 from triode.engine.sampling.logit_controls import resolve_bad_words
 from triode.engine.sampling.sampling_params import SamplingParams
 from triode.engine.spec_decode.config import SpeculativeConfig
+from triode.engine.spec_decode.draft_model import DraftModelProposer, load_draft_proposer
 from triode.engine.spec_decode.ngram import NgramProposer
 from triode.engine.step_isolation import StepResult, describe, run_isolating
 from triode.engine.structured.compiler import GrammarCompiler
 from triode.engine.structured.manager import StepMasks, StructuredOutputManager
 from triode.engine.thread_policy import ThreadPolicy
 from triode.streaming.delta import RequestDelta
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +86,20 @@ class LLMEngine:
         self.step_timings: dict[str, float] = {}
         self.thread_policy = self._make_thread_policy(config)
         self.speculative_config: SpeculativeConfig | None = config.speculative
-        self.proposer: NgramProposer | None = None
+        self.proposer: NgramProposer | DraftModelProposer | None = None
+        # A draft model's q for this step's drafts, by request id (for the runner).
+        self._draft_probs: dict[str, torch.Tensor] = {}
         spec = self.speculative_config
-        if spec is not None:
-            if spec.method != "ngram":
-                raise ValueError(f"speculative method {spec.method!r} is not available yet")
+        if spec is not None and spec.method == "draft_model":
+            self.proposer = load_draft_proposer(
+                config,
+                spec,
+                self.tokenizer,
+                self.vocab_size,
+                self.max_model_len,
+                self.runner.num_blocks,
+            )
+        elif spec is not None:
             self.proposer = NgramProposer(
                 spec.prompt_lookup_min, spec.prompt_lookup_max, spec.num_speculative_tokens
             )
@@ -187,6 +201,8 @@ class LLMEngine:
 
     def _finish(self, sample_ids: list[str], status: RequestStatus) -> list[RequestDelta]:
         finished = self.scheduler.finish_requests(sample_ids, status)
+        if isinstance(self.proposer, DraftModelProposer):
+            self.proposer.release(self.scheduler.requests)
         return [self.outputs.finish(r) for r in finished]
 
     def has_unfinished_requests(self) -> bool:
@@ -207,6 +223,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         if self.proposer is not None:
             self._propose()
+        tp = time.perf_counter()
         sched = self.scheduler.schedule()
         masks = self.structured.start_step(sched)  # filled while the forward pass runs
         t1 = time.perf_counter()
@@ -217,13 +234,19 @@ class LLMEngine:
         t2 = time.perf_counter()
         deltas += self._reject_grammar_failures() if masks is not None else []
         updated, _ = self.scheduler.update_from_output(sched, result.output.sampled, self.outputs)
+        self._draft_probs = {}
+        if isinstance(self.proposer, DraftModelProposer):
+            self.proposer.release(self.scheduler.requests)
         t3 = time.perf_counter()
         deltas += self.outputs.make_deltas(updated, result.output.logprobs)
         t4 = time.perf_counter()
         if self.invariant_checker is not None:
             self.invariant_checker.check()
+            if isinstance(self.proposer, DraftModelProposer):
+                self.proposer.check(self.scheduler.requests)
         timings = self.step_timings
-        timings["schedule"] = timings.get("schedule", 0.0) + (t1 - t0)
+        timings["propose"] = timings.get("propose", 0.0) + (tp - t0)
+        timings["schedule"] = timings.get("schedule", 0.0) + (t1 - tp)
         timings["update"] = timings.get("update", 0.0) + (t3 - t2)
         timings["output"] = timings.get("output", 0.0) + (t4 - t3)
         return deltas
@@ -236,29 +259,41 @@ class LLMEngine:
         scheduler = self.scheduler
         stats = scheduler.spec_stats
         load = scheduler.num_running + scheduler.num_waiting
+        proposer = self.proposer
         if load >= self.speculative_config.disable_by_batch_size:
             stats.num_steps_paused += 1
+            if isinstance(proposer, DraftModelProposer):
+                proposer.pause()
             return
         stats.num_steps_speculating += 1
-        for request in scheduler.running:
-            # NOTE: not for a request that still has a prompt chunk to compute, nor one whose
-            # n samples have not forked yet, nor one that wants logprobs (one entry per step).
-            if (
-                request.num_tokens - request.num_computed_tokens == 1
-                and not request.needs_fork
-                and request.sampling_params.logprobs is None
-                and not _is_constrained(request.sampling_params)
-            ):
-                request.spec_token_ids = self.proposer.propose(request.all_token_ids)
+        # NOTE: not for a request that still has a prompt chunk to compute, nor one whose
+        # n samples have not forked yet, nor one that wants logprobs (one entry per step).
+        candidates = [
+            request
+            for request in scheduler.running
+            if request.num_tokens - request.num_computed_tokens == 1
+            and not request.needs_fork
+            and request.sampling_params.logprobs is None
+            and not _is_constrained(request.sampling_params)
+        ]
+        if not isinstance(proposer, DraftModelProposer):
+            for request in candidates:
+                request.spec_token_ids = proposer.propose(request.all_token_ids)
+            return
+        proposals = proposer.propose(candidates, self.max_model_len)
+        for request_id, proposal in proposals.items():
+            scheduler.requests[request_id].spec_token_ids = proposal.token_ids
+            if proposal.probs is not None:
+                self._draft_probs[request_id] = proposal.probs
 
     def _execute(self, sched: SchedulerOutput, masks: StepMasks | None = None) -> RunnerOutput:
         """One runner call (a step, or a part of a failed one), recorded by the invariant
         checker when it is on."""
         checker = self.invariant_checker
         if checker is None:
-            return self.runner.execute(sched, masks)
+            return self.runner.execute(sched, masks, self._draft_probs)
         try:
-            output = self.runner.execute(sched, masks)
+            output = self.runner.execute(sched, masks, self._draft_probs)
         except BaseException:
             checker.after_runner_call(sched, completed=False)
             raise

@@ -2,6 +2,8 @@
 
     python -m triode.load_tests.spec_bench                  # all three parts
     python -m triode.load_tests.spec_bench --part single --json out.json
+    python -m triode.load_tests.spec_bench --method draft_model --draft-quantization int4
+        # a draft model: by default the bundled model's own folder, here quantized to int4
 
 Parts (greedy, bundled model, the engine's default configuration otherwise):
 - single:    each copy-heavy prompt (load_tests/data/copy_prompts.json: repeat, fix typos,
@@ -96,16 +98,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--model", help="the served model (default: the bundled SmolLM2)")
+    parser.add_argument("--method", choices=["ngram", "draft_model"], default="ngram")
+    parser.add_argument(
+        "--draft-model", help="draft_model: a folder or .gguf (default: the bundled model's)"
+    )
+    parser.add_argument(
+        "--draft-quantization",
+        choices=["none", "int8", "int4", "gguf"],
+        help="draft_model: its weights (default: as the served model's)",
+    )
+    parser.add_argument(
+        "--num-prompts", type=int, help="only the first N copy-heavy prompts (a quick check)"
+    )
     args = parser.parse_args(argv)
 
     from triode.engine import LLM
 
-    llm = LLM(speculative_config={"method": "ngram", "num_speculative_tokens": args.k})
+    spec: dict = {"method": args.method, "num_speculative_tokens": args.k}
+    if args.method == "draft_model":
+        from triode.engine.models.loader import resolve_model
+
+        spec["model"] = args.draft_model or str(resolve_model(None).folder)
+        if args.draft_quantization:
+            spec["quantization"] = args.draft_quantization
+    llm = LLM(model=args.model, speculative_config=spec)
     default_limit = llm.engine.speculative_config.disable_by_batch_size
-    copy = _prompts(llm, "copy_prompts.json")
+    copy = _prompts(llm, "copy_prompts.json")[: args.num_prompts]
     chat = _prompts(llm, "chat_prompts.json")
     _timed(llm, copy[:1], 8, True, 1000)  # warm-up
-    results: dict = {"k": args.k, "disable_by_batch_size": default_limit}
+    results: dict = {"k": args.k, "disable_by_batch_size": default_limit, "speculative": spec}
     if args.part in ("single", "all"):
         singles = [_compare(llm, [p], args.max_tokens, args.repeats, default_limit) for p in copy]
         off = sum(r["off_tokens_per_s"] for r in singles) / len(singles)

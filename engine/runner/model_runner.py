@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -158,9 +158,17 @@ class ModelRunner:
         return gen
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput, masks: StepMasks | None = None) -> RunnerOutput:
+    def execute(
+        self,
+        sched: SchedulerOutput,
+        masks: StepMasks | None = None,
+        draft_probs: Mapping[str, torch.Tensor] | None = None,
+    ) -> RunnerOutput:
         """One forward pass and sampling. `masks` (constrained rows' grammar bitmasks) are
-        being filled in the background meanwhile; they are waited for only before sampling."""
+        being filled in the background meanwhile; they are waited for only before sampling.
+        `draft_probs[request_id]` is a draft model's q for that request's drafts ([k, vocab],
+        at least as many rows as the step verifies); a speculating request without one has
+        drafts that are certain (n-gram: q one-hot)."""
         for request_id in sched.finished_request_ids:
             self._generators.pop(request_id, None)
         if sched.blocks_to_copy:
@@ -183,6 +191,7 @@ class ModelRunner:
         verify_sampling: list[SamplingRow] = []
         spans: list[DraftSpan] = []
         span_ids: list[str] = []
+        span_probs: list[torch.Tensor | None] = []
         for item in sched.scheduled:
             n = len(item.token_ids)
             start = item.start_pos
@@ -196,6 +205,8 @@ class ModelRunner:
             if item.spec_token_ids:
                 self._add_verification(item, len(input_ids), verify_rows, verify_sampling, spans)
                 span_ids.append(item.request_id)
+                q = draft_probs.get(item.request_id) if draft_probs is not None else None
+                span_probs.append(None if q is None else q[: len(item.spec_token_ids)])
             elif item.sample_ids:
                 last_row = len(input_ids) - 1
                 params = item.sampling_params
@@ -245,7 +256,8 @@ class ModelRunner:
             idx = torch.tensor(verify_rows, dtype=torch.int64).to(self.device, non_blocking=True)
             logits = self.model.compute_logits(hidden.index_select(0, idx))
             accepted = self._keeping_generators(
-                [s.generator for s in spans], lambda: verify(logits, verify_sampling, spans)
+                [s.generator for s in spans],
+                lambda: verify(logits, verify_sampling, spans, span_probs),
             )
             out.sampled.update(zip(span_ids, accepted))
         t3 = time.perf_counter()

@@ -5,6 +5,12 @@ Spelled as vLLM spells it: `{"method": "ngram", "num_speculative_tokens": 4,
 "num_speculative_tokens": 4}`, plus `disable_by_batch_size` (vLLM's name): speculation pauses
 while that many requests or more are running or waiting, where verifying drafts costs the batch
 more than it saves (`load_tests/spec_bench.py --part crossover` measures where).
+
+A draft model also takes `quantization` (its weights, as `--quantization` spells them; default:
+the served model's setting, so `--quantization int4` quantizes the draft too, and a draft of
+the served model's own folder with `"quantization": "int4"` is a cheap copy of it) and
+`draft_num_kv_blocks` (its own KV cache; default: room for `disable_by_batch_size` sequences of
+the full context length, capped at the served model's pool).
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from triode.engine.config import QUANTIZATIONS
 
 METHODS = ("ngram", "draft_model")
 
@@ -30,6 +38,8 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 4
     model: str | None = None  # the draft model (method "draft_model")
     disable_by_batch_size: int = DEFAULT_DISABLE_BY_BATCH_SIZE
+    quantization: str | None = None  # the draft's weights; None: the served model's setting
+    draft_num_kv_blocks: int | None = None  # the draft's KV blocks; None: derived at start
 
     def __post_init__(self) -> None:
         def bad(message: str, key: str) -> ValueError:
@@ -59,6 +69,22 @@ class SpeculativeConfig:
             )
         if self.method == "draft_model" and not self.model:
             raise bad('method "draft_model" needs "model" (a folder or .gguf file)', "model")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise bad(
+                f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}",
+                "quantization",
+            )
+        if self.draft_num_kv_blocks is not None and (
+            not _is_int(self.draft_num_kv_blocks) or self.draft_num_kv_blocks < 1
+        ):
+            raise bad(
+                f"draft_num_kv_blocks must be >= 1, got {self.draft_num_kv_blocks!r}",
+                "draft_num_kv_blocks",
+            )
+        if self.method != "draft_model" and (
+            self.quantization is not None or self.draft_num_kv_blocks is not None
+        ):
+            raise bad('"quantization" and "draft_num_kv_blocks" are for a draft model', "method")
 
     @classmethod
     def parse(cls, value: str | dict[str, Any]) -> SpeculativeConfig:

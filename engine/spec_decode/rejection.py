@@ -54,7 +54,7 @@ def process_logits(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tenso
     and sampled rows divide by their temperature), exactly as the Sampler does."""
     out = logits.float().clone()
     if any(len(r.output_token_ids) < r.params.min_tokens for r in rows):
-        Sampler._mask_min_tokens(out, rows)
+        Sampler._mask_min_tokens(out, rows, set())
     if any(r.params.has_penalties for r in rows):
         apply_penalties(out, rows)
     return out
@@ -68,7 +68,7 @@ def target_probs(processed: torch.Tensor, rows: list[SamplingRow]) -> torch.Tens
     return apply_top_k_top_p_min_p(scaled, rows).softmax(dim=-1)
 
 
-def _draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+def draw_from_probs(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """One index per row from (unnormalised) probabilities, by inverse CDF; right-side search
     never lands on a zero-probability column."""
     cdf = probs.cumsum(dim=-1)
@@ -183,8 +183,8 @@ def _rejection_sample(
     # A row whose residual is empty (p == q) always accepts; draw from p to stay finite.
     empty = residual_probs.sum(dim=-1, keepdim=True) <= 0
     residual_probs = torch.where(empty, p, residual_probs)
-    residual_ids = _draw(residual_probs, u_residual)
-    bonus_ids = _draw(probs[num_drafts:], u_bonus)
+    residual_ids = draw_from_probs(residual_probs, u_residual)
+    bonus_ids = draw_from_probs(probs[num_drafts:], u_bonus)
     acc, res, bon = accepted.tolist(), residual_ids.tolist(), bonus_ids.tolist()
     accept_out, residual_out = [], []
     offset = 0
