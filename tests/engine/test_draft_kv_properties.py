@@ -140,5 +140,5 @@ class DraftKVMachine(RuleBasedStateMachine):
         assert self.kv.num_free_blocks == NUM_BLOCKS
 
 
-DraftKVMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40)
+DraftKVMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=30)
 test_draft_kv_bookkeeping = DraftKVMachine.TestCase
