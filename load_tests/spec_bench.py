@@ -2,8 +2,8 @@
 
     python -m triode.load_tests.spec_bench                  # all three parts
     python -m triode.load_tests.spec_bench --part single --json out.json
-    python -m triode.load_tests.spec_bench --method draft_model --draft-quantization int4
-        # a draft model: by default the bundled model's own folder, here quantized to int4
+    python -m triode.load_tests.spec_bench --quantization none --method draft_model \
+        --draft-quantization int4     # float32 served model, an int4 copy of it as the draft
 
 Parts (greedy, bundled model, the engine's default configuration otherwise):
 - single:    each copy-heavy prompt (load_tests/data/copy_prompts.json: repeat, fix typos,
@@ -99,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--model", help="the served model (default: the bundled SmolLM2)")
+    parser.add_argument(
+        "--quantization",
+        choices=["auto", "none", "gguf", "int8", "int4"],
+        default="auto",
+        help="the served model's weights (engine default: auto, the bundled file's Q4_1)",
+    )
     parser.add_argument("--method", choices=["ngram", "draft_model"], default="ngram")
     parser.add_argument(
         "--draft-model", help="draft_model: a folder or .gguf (default: the bundled model's)"
@@ -122,12 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         spec["model"] = args.draft_model or str(resolve_model(None).folder)
         if args.draft_quantization:
             spec["quantization"] = args.draft_quantization
-    llm = LLM(model=args.model, speculative_config=spec)
+    llm = LLM(model=args.model, quantization=args.quantization, speculative_config=spec)
     default_limit = llm.engine.speculative_config.disable_by_batch_size
     copy = _prompts(llm, "copy_prompts.json")[: args.num_prompts]
     chat = _prompts(llm, "chat_prompts.json")
     _timed(llm, copy[:1], 8, True, 1000)  # warm-up
-    results: dict = {"k": args.k, "disable_by_batch_size": default_limit, "speculative": spec}
+    results: dict = {
+        "k": args.k,
+        "disable_by_batch_size": default_limit,
+        "speculative": spec,
+        "served_weights": llm.engine.runner.weights_info.method,
+        "draft_weights": getattr(llm.engine.proposer, "runner", None)
+        and llm.engine.proposer.runner.weights_info.method,
+    }
     if args.part in ("single", "all"):
         singles = [_compare(llm, [p], args.max_tokens, args.repeats, default_limit) for p in copy]
         off = sum(r["off_tokens_per_s"] for r in singles) / len(singles)

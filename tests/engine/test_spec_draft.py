@@ -23,8 +23,11 @@ from triode.kernels import cpu_quant
 @pytest.fixture(scope="module")
 def llm(bundled_folder) -> LLM:
     # Chunked prefill (64-token budget) and a pool of 12 blocks of 16: the batch below does
-    # not fit, so requests are preempted and recomputed while others speculate.
+    # not fit, so requests are preempted and recomputed while others speculate. Float weights
+    # (the draft takes the served model's setting): as for n-gram, the subject is equality
+    # across batch shapes.
     llm = LLM(
+        quantization="none",
         max_num_batched_tokens=64,
         num_kv_blocks=12,
         quant_direct_max_rows=64,  # the int8 draft below: no timing of its kernels at start
