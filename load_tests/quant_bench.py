@@ -19,6 +19,7 @@ Every configuration runs in this one process, one after the other, so the ratios
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -122,20 +123,68 @@ print(json.dumps({"total": 128 / (end - start), "decode": 127 / (end - first),
 """
 
 
+# NOTE: llama.cpp's AMX kernels (compiled in by -march=native where the CPU has AMX) crash in
+# the first multi-token eval on this machine (Xeon with AMX, llama-cpp-python 0.3.36), so the
+# build names its instruction sets itself: every x86 extension the CPU reports, AMX never.
+_GGML_X86 = {  # cmake option: /proc/cpuinfo flag
+    "GGML_SSE42": "sse4_2",
+    "GGML_AVX": "avx",
+    "GGML_AVX2": "avx2",
+    "GGML_FMA": "fma",
+    "GGML_F16C": "f16c",
+    "GGML_BMI2": "bmi2",
+    "GGML_AVX_VNNI": "avx_vnni",
+    "GGML_AVX512": "avx512bw",  # with F, CD, VL, DQ
+    "GGML_AVX512_VBMI": "avx512vbmi",
+    "GGML_AVX512_VNNI": "avx512_vnni",
+    "GGML_AVX512_BF16": "avx512_bf16",
+}
+
+
+def llama_cpp_cmake_args() -> list[str]:
+    """CMake options for this CPU: its own x86 extensions, AMX off (see the NOTE above)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((x for x in f if x.startswith("flags")), "")
+    except OSError:
+        line = ""
+    flags = set(line.split(":", 1)[-1].split())
+    if "avx2" not in flags:  # not an x86 CPU we can describe: let llama.cpp detect it
+        return ["-DGGML_NATIVE=ON"]
+    args = [
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AMX_TILE=OFF",
+        "-DGGML_AMX_INT8=OFF",
+        "-DGGML_AMX_BF16=OFF",
+    ]
+    args += [f"-D{opt}={'ON' if flag in flags else 'OFF'}" for opt, flag in _GGML_X86.items()]
+    return args
+
+
 def llama_cpp_python() -> Path:
-    """The venv's interpreter with llama-cpp-python built from source (built once, cached)."""
-    venv = BENCH_DIR / "llama-cpp-venv"
+    """The venv's interpreter with llama-cpp-python built from source (built once, cached; the
+    venv's name holds the version and the build options, so a changed build is a new venv)."""
+    cmake_args = llama_cpp_cmake_args()
+    key = hashlib.sha256(" ".join([LLAMA_CPP_VERSION, *cmake_args]).encode()).hexdigest()[:12]
+    venv = BENCH_DIR / f"llama-cpp-{LLAMA_CPP_VERSION}-{key}"
     python = venv / "bin" / "python"
     probe = [str(python), "-c", "import llama_cpp"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
     print(f"building llama-cpp-python {LLAMA_CPP_VERSION} from source into {venv} (minutes)")
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    print(f"  CMAKE_ARGS={' '.join(cmake_args)}")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+    env = {
+        **os.environ,
+        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
+        "CMAKE_ARGS": " ".join(cmake_args),
+    }
+    # --no-cache-dir: pip would otherwise reuse a wheel built earlier with other options.
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-binary", "llama-cpp-python",
-         f"llama-cpp-python=={LLAMA_CPP_VERSION}"],
+        [str(python), "-m", "pip", "install", "--quiet", "--no-cache-dir", "--no-binary",
+         "llama-cpp-python", f"llama-cpp-python=={LLAMA_CPP_VERSION}"],
         check=True,
-        env={**os.environ, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)},
+        env=env,
     )  # fmt: skip
     return python
 
