@@ -123,7 +123,8 @@ def pack(
     )
 
 
-def _weight_args(w: QuantWeight) -> tuple:
+def weight_args(w: QuantWeight) -> tuple:
+    """The C kernels' weight arguments (codes, bits, scales, offsets, half, group, N, K)."""
     return (
         w.codes.data_ptr(),
         w.bits,
@@ -147,7 +148,7 @@ class PreparedMatmul:
         if lib is None:
             raise RuntimeError("the CPU quantized matmul is not available (no C compiler?)")
         self._fn = lib.triode_quant_matmul
-        self._args = _weight_args(w)
+        self._args = weight_args(w)
         self.in_features, self.out_features = w.in_features, w.out_features
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
@@ -172,7 +173,7 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None = Non
     if out is None:
         out = torch.empty(m, w.out_features)
     rc = lib.triode_quant_matmul(
-        x.data_ptr(), x.stride(0), m, *_weight_args(w), out.data_ptr(), out.stride(0)
+        x.data_ptr(), x.stride(0), m, *weight_args(w), out.data_ptr(), out.stride(0)
     )
     if rc != 0:
         raise RuntimeError(f"quantized matmul failed (code {rc})")
@@ -192,7 +193,7 @@ def dequantize_bf16(
     if out.shape[1] < n_end - n_start:
         raise ValueError("out has fewer columns than requested")
     rc = lib.triode_quant_dequant_bf16(
-        *_weight_args(w), n_start, n_end, out.data_ptr(), out.stride(0)
+        *weight_args(w), n_start, n_end, out.data_ptr(), out.stride(0)
     )
     if rc != 0:
         raise RuntimeError(f"de-quantization failed (code {rc})")

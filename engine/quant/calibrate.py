@@ -1,5 +1,7 @@
-"""Choose, per weight shape, up to how many rows the direct quantized kernel beats the dense
-bf16 path, by timing both at engine start on this machine.
+"""Choose, per weight shape, up to how many rows the direct quantized kernel beats the bf16
+path for big steps (AMX tiles, or the dense GEMM), by timing both at engine start on this
+machine. Steps of up to MIN_DIRECT_ROWS rows always go direct: a decode step of a few streams
+keeps float32 activations, so greedy tokens match the float model's as closely as they can.
 
 NOTE: the crossover depends on the CPU far more than on the model: with AMX (Sapphire Rapids
 and later) a bf16 GEMM is several times faster than AVX512 float32 FMAs from about 8 rows on;
@@ -38,6 +40,7 @@ CACHE_FILE = "quant-calibration.json"
 BUSY_CORES = 0.5
 
 ROW_COUNTS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+MIN_DIRECT_ROWS = 4
 _REPEATS = 3
 
 
@@ -88,7 +91,7 @@ def calibrate(
             _write(cache, machine, measured)
     if fixed_rows is None and chosen:
         logger.info(
-            "quantized kernels (%s): direct up to %s rows (per shape), dense bf16 above",
+            "quantized kernels (%s): direct up to %s rows (per shape), bf16 above",
             "measured" if measured else f"measured before, {cache}",
             sorted({(m[0].in_features, m[0].out_features, chosen[k]) for k, m in groups.items()}),
         )
@@ -113,16 +116,17 @@ def others_cores_since(mark: tuple[float | None, float | None, float]) -> float 
 
 def machine_key() -> str:
     """What the crossover depends on besides the shapes: the CPU, the threads, the kernels."""
+    from triode.kernels import cpu_quant, cpu_quant_tiles
     from triode.kernels.cpu_build import cpu_signature
-    from triode.kernels.cpu_quant import load_library
 
-    library = load_library()
+    libraries = [cpu_quant.load_library(), cpu_quant_tiles.load_library()]
     parts = [
         cpu_signature(),
         str(torch.get_num_threads()),
         torch.__version__,
-        Path(library._name).name if library is not None else "-",
+        *(Path(lib._name).name if lib is not None else "-" for lib in libraries),
         repr(ROW_COUNTS),
+        str(MIN_DIRECT_ROWS),
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
@@ -157,20 +161,20 @@ def _write(path: Path, machine: str, measured: dict[str, int]) -> None:
 
 def _crossover(members: list[QuantLinear]) -> int:
     """The largest row count before the direct kernel loses twice in a row (one loss can be
-    noise). One row always goes direct: it reads a quarter to an eighth of the bytes."""
+    noise), at least MIN_DIRECT_ROWS."""
     k = members[0].in_features
-    warm = torch.randn(1, k)
+    warm = torch.randn(MIN_DIRECT_ROWS + 1, k)
     members[0].forward_direct(warm)
-    members[0].forward_dense(warm)
-    best = 1
+    members[0].forward_bf16(warm)
+    best = MIN_DIRECT_ROWS
     losses = 0
-    for rows in ROW_COUNTS[1:]:
+    for rows in (r for r in ROW_COUNTS if r > MIN_DIRECT_ROWS):
         x = torch.randn(rows, k)
-        direct = dense = float("inf")
+        direct = big = float("inf")
         for _ in range(_REPEATS):  # interleaved, so a burst of load hits both alike
             direct = min(direct, _best_time(lambda x=x: [m.forward_direct(x) for m in members], 1))
-            dense = min(dense, _best_time(lambda x=x: [m.forward_dense(x) for m in members], 1))
-        if direct <= dense:
+            big = min(big, _best_time(lambda x=x: [m.forward_bf16(x) for m in members], 1))
+        if direct <= big:
             best, losses = rows, 0
         else:
             losses += 1

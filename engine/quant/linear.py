@@ -2,10 +2,13 @@
 
 A step that carries few rows (decode of a few sequences) runs the quantized matmul directly: it
 reads each weight once as 4 or 8 bits and keeps float32 activations. A step with many rows
-(prompt chunks, big decode batches) is compute-bound instead: the weights are de-quantized into
-a reusable bf16 scratch matrix and multiplied by a dense bf16 GEMM (oneDNN; AMX or AVX512-BF16
-where the CPU has them), whose output comes back as float32. The switch-over row count is
-measured per weight shape at engine start (engine.quant.calibrate), not guessed.
+(prompt chunks, big decode batches) is compute-bound instead and runs in bf16: where the CPU
+has AMX, the tile kernel (kernels.cpu_quant_tiles) de-quantizes 64 columns at a time into a
+cache-resident panel and multiplies on AMX tiles; elsewhere the weights are de-quantized into a
+reusable bf16 scratch matrix and multiplied by a dense bf16 GEMM (oneDNN). Both round the same
+numbers to bf16 (weights once, activations once) and sum in float32; the GEMM also rounds its
+outputs to bf16, the tiles keep them float32. The switch-over row count
+is measured per weight shape at engine start (engine.quant.calibrate), not guessed.
 
 One output may be made of several parts (q/k/v fused, gate/up fused) in different formats, as
 GGUF files mix them (e.g. Q4_K q/k and Q6_K v, or a float tensor beside quantized ones): each
@@ -18,7 +21,9 @@ import torch
 from torch import nn
 
 from triode.engine.quant.info import WeightSummary, summarise
+from triode.kernels import cpu_quant_tiles
 from triode.kernels.cpu_quant import PreparedMatmul, QuantWeight, dequantize_bf16, rows
+from triode.kernels.cpu_quant_tiles import PreparedTileMatmul
 
 Part = QuantWeight | torch.Tensor  # a float part is a plain [N, K] matrix
 
@@ -64,6 +69,19 @@ class QuantLinear(nn.Module):
             (PreparedMatmul(p) if isinstance(p, QuantWeight) else p, start)
             for p, start in zip(parts, self.starts)
         ]
+        quantized = [p for p in parts if isinstance(p, QuantWeight)]
+        # Big steps on AMX tiles where every quantized part fits them (else the dense GEMM).
+        self.has_tiles = cpu_quant_tiles.is_available() and all(
+            cpu_quant_tiles.supports(p) for p in quantized
+        )
+        self._tiles = (
+            [
+                (PreparedTileMatmul(p) if isinstance(p, QuantWeight) else p, start)
+                for p, start in zip(parts, self.starts)
+            ]
+            if self.has_tiles
+            else []
+        )
 
     def weight_summaries(self) -> list[WeightSummary]:
         bias = [] if self.bias is None else [self.bias]
@@ -78,27 +96,26 @@ class QuantLinear(nn.Module):
         if x.shape[0] <= self.max_direct_rows:
             out = self.forward_direct(x)
         else:
-            out = self.forward_dense(x)
+            out = self.forward_bf16(x)
         if self.bias is not None:
             out += self.bias
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
     def forward_direct(self, x: torch.Tensor) -> torch.Tensor:
         """The quantized kernel: float32 activations, weights read once per call."""
-        x32 = x if x.dtype == torch.float32 else x.float()
-        if x32.stride(1) != 1:
-            x32 = x32.contiguous()
-        assert x32.dim() == 2 and x32.shape[1] == self.in_features, x32.shape
-        out = torch.empty(x.shape[0], self.out_features)
-        if len(self._direct) == 1 and isinstance(self._direct[0][0], PreparedMatmul):
-            self._direct[0][0](x32, out)
-            return out
-        for part, start in self._direct:
-            if isinstance(part, PreparedMatmul):
-                part(x32, out[:, start : start + part.out_features])
-            else:
-                out[:, start : start + part.shape[0]] = x32 @ part.t()
-        return out
+        return _run_parts(self._direct, x, self.in_features, self.out_features)
+
+    def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """The path for big steps: AMX tiles where available, else the dense bf16 GEMM."""
+        if self.has_tiles:
+            return self.forward_tiles(x)
+        return self.forward_dense(x)
+
+    def forward_tiles(self, x: torch.Tensor) -> torch.Tensor:
+        """The tile kernel (bf16 products, float32 sums; float parts in float32)."""
+        if not self.has_tiles:
+            raise RuntimeError("the AMX tile kernel is not available for this linear")
+        return _run_parts(self._tiles, x, self.in_features, self.out_features)
 
     def forward_dense(self, x: torch.Tensor) -> torch.Tensor:
         """De-quantize (chunk by chunk of columns) into bf16 and run a dense bf16 GEMM."""
@@ -113,6 +130,29 @@ class QuantLinear(nn.Module):
             _fill(buffer, pieces, c0)
             out[:, c0:c1] = torch.mm(xb, buffer)
         return out
+
+
+def _run_parts(
+    parts: list[tuple[PreparedMatmul | PreparedTileMatmul | torch.Tensor, int]],
+    x: torch.Tensor,
+    in_features: int,
+    out_features: int,
+) -> torch.Tensor:
+    """x @ W^T with each part's kernel writing its own columns (float32 out)."""
+    x32 = x if x.dtype == torch.float32 else x.float()
+    if x32.stride(1) != 1:
+        x32 = x32.contiguous()
+    assert x32.dim() == 2 and x32.shape[1] == in_features, x32.shape
+    out = torch.empty(x.shape[0], out_features)
+    if len(parts) == 1 and not isinstance(parts[0][0], torch.Tensor):
+        parts[0][0](x32, out)
+        return out
+    for part, start in parts:
+        if isinstance(part, torch.Tensor):
+            out[:, start : start + part.shape[0]] = x32 @ part.t()
+        else:
+            part(x32, out[:, start : start + part.out_features])
+    return out
 
 
 def _fill(buffer: torch.Tensor, pieces: list[tuple[Part, int, int, int]], c0: int) -> None:

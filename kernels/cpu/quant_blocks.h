@@ -93,7 +93,7 @@ static inline __m512 load_params(const void *base, int half, int64_t i) {
 }
 #endif
 
-static int check(const weight_t *w) {
+static inline int check(const weight_t *w) {
     if ((w->bits != 4 && w->bits != 8) || w->group <= 0 || w->K % w->group || w->N <= 0) return -1;
     return 0;
 }

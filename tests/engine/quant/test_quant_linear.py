@@ -1,4 +1,4 @@
-"""QuantLinear: both kernels (direct quantized, de-quantized dense bf16) compute x W^T for
+"""QuantLinear: its kernels (direct quantized, AMX tiles, de-quantized dense bf16) compute x W^T for
 outputs made of parts in different formats (and float parts), split into scratch-sized column
 chunks; the kernel is chosen per call by the number of rows; calibration sets the switch-over."""
 
@@ -48,6 +48,13 @@ def test_both_kernels_compute_the_product(monkeypatch, max_columns, rows):
     torch.testing.assert_close(direct.double(), want, rtol=1e-5, atol=1e-5)
     dense_path = layer.forward_dense(x) + bias  # bf16 inputs and weights: ~3 significant digits
     torch.testing.assert_close(dense_path.double(), want, rtol=2e-2, atol=2e-2)
+    if layer.has_tiles:  # the same bf16 numbers, float32 sums and outputs (float part: float32)
+        tiles = layer.forward_tiles(x)
+        quantized = dense[:228].bfloat16().double()
+        want_q = x.bfloat16().double() @ quantized.t()
+        torch.testing.assert_close(tiles[:, :228].double(), want_q, rtol=1e-5, atol=1e-5)
+        float_part = want[:, 228:] - bias[228:].double()
+        torch.testing.assert_close(tiles[:, 228:].double(), float_part, rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_is_chosen_by_rows():
@@ -56,7 +63,7 @@ def test_kernel_is_chosen_by_rows():
     layer.max_direct_rows = 3
     small, big = torch.randn(3, K), torch.randn(4, K)
     assert torch.equal(layer(small), layer.forward_direct(small))
-    assert torch.equal(layer(big), layer.forward_dense(big))
+    assert torch.equal(layer(big), layer.forward_bf16(big))
     assert not torch.equal(layer(big), layer.forward_direct(big))  # the paths do differ
     assert layer(small.bfloat16()).dtype == torch.bfloat16
 
