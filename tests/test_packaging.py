@@ -56,6 +56,7 @@ def test_wheel_installs_one_top_level_name(wheel, tmp_path):
         "triode/kernels/cpu/paged_decode.c",
         "triode/kernels/cpu/quant_matmul.c",
         "triode/kernels/cpu/quant_blocks.h",
+        "triode/kernels/cpu/quant_tiles.c",
     ):
         assert data in files
     # Nothing of the test suite is installed.
