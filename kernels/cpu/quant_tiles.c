@@ -13,6 +13,11 @@
  * `scale * code` (+ `offset`, rounded again, as gguf computes it); x is rounded to bf16;
  * products are summed in float32, and (unlike the dense GEMM) the sums are not rounded to bf16.
  *
+ * NOTE: up to ~16 rows the time is the de-quantization (measured: ~80% at 8 rows; the multiply
+ * and add per weight ~20% of it, the pair interleave ~15%). Multiplying the codes themselves
+ * (exact small integers in bf16) and applying scales to each group's sums would decode ~3x
+ * cheaper but round differently from the dense path; not done yet.
+ *
  * Without AMX-BF16 (or off Linux) this file compiles to stubs that report "unavailable" and
  * the caller keeps the other kernels. On Linux a process must ask the kernel for AMX state
  * before its first tile instruction (arch_prctl ARCH_REQ_XCOMP_PERM): `triode_tiles_init`.
@@ -44,7 +49,10 @@ typedef struct {
     uint8_t rows[16];
 } __attribute__((aligned(64))) tile_config_t;
 
-/* Tiles 0-3: out (rows x 16 floats); 4: x (rows x 32 bf16); 5, 6: weights (16 pairs x 16). */
+/*
+ * Tiles 0-3: out (rows x 16 floats); 4: x (rows x 32 bf16); 5-7: weights (16 pairs x 16
+ * columns). With whole tiles of 16 rows (rows == 16), tile 5 holds a second tile of x instead.
+ */
 static void configure(int rows) {
     tile_config_t cfg;
     memset(&cfg, 0, sizeof(cfg));
@@ -53,7 +61,7 @@ static void configure(int rows) {
         cfg.rows[t] = (uint8_t)rows;
         cfg.colsb[t] = 64;
     }
-    for (int t = 5; t < 7; t++) {
+    for (int t = 5; t < 8; t++) {
         cfg.rows[t] = TILE_ROWS;
         cfg.colsb[t] = 64;
     }
@@ -112,21 +120,24 @@ static void decode_panel(const weight_t *w, int64_t b, uint16_t *panel) {
     }
 }
 
-/* out rows [m0, m0 + valid) x columns [n0, n0 + width) from tiles 0..3 (via `spill` at edges). */
-#define STORE_TILE(t)                                                                      \
+/* Tile t into out rows [r0, r0 + valid) x columns [c0, c0 + 16) (via `spill` at the edges). */
+#define STORE_TILE(t, r0, valid, c0)                                                       \
     do {                                                                                   \
-        const int64_t c0 = n0 + 16 * (t);                                                  \
-        if (c0 < n_end) {                                                                  \
-            if (valid == rows && c0 + 16 <= n_end) {                                       \
-                _tile_stored(t, out + m0 * ldo + c0, ldo * (int64_t)sizeof(float));        \
+        if ((c0) < N && (valid) > 0) {                                                     \
+            if ((valid) == TILE_ROWS && (c0) + 16 <= N) {                                  \
+                _tile_stored(t, out + (r0) * ldo + (c0), ldo * (int64_t)sizeof(float));    \
             } else {                                                                       \
                 _tile_stored(t, spill, 16 * sizeof(float));                                \
-                const int64_t cols = n_end - c0 < 16 ? n_end - c0 : 16;                    \
-                for (int r = 0; r < valid; r++)                                            \
-                    memcpy(out + (m0 + r) * ldo + c0, spill + 16 * r, sizeof(float) * cols); \
+                const int64_t cols = N - (c0) < 16 ? N - (c0) : 16;                        \
+                for (int r = 0; r < (valid); r++)                                          \
+                    memcpy(out + ((r0) + r) * ldo + (c0), spill + 16 * r, sizeof(float) * cols); \
             }                                                                              \
         }                                                                                  \
     } while (0)
+
+static inline int rows_left(int64_t M, int64_t m0) {
+    return M - m0 <= 0 ? 0 : (int)(M - m0 < TILE_ROWS ? M - m0 : TILE_ROWS);
+}
 
 static __thread uint16_t *panel_buffer;
 static __thread int64_t panel_capacity;
@@ -167,8 +178,9 @@ int triode_quant_matmul_tiles(const float *x, int64_t ldx, int64_t M, const uint
     const int64_t n_blocks = (N + BLOCK_N - 1) / BLOCK_N;
     const weight_t w = {codes, scales, offsets, bits, half, group, N, K, n_blocks * BLOCK_N};
     if (check(&w) || M <= 0 || K % TILE_K) return -1;
+    /* Up to 16 rows: one tile of M rows. More: pairs of 16-row tiles (x padded with zeros). */
     const int rows = M < TILE_ROWS ? (int)M : TILE_ROWS;
-    const int64_t m_pad = (M + rows - 1) / rows * rows;
+    const int64_t m_pad = M <= TILE_ROWS ? M : (M + 2 * TILE_ROWS - 1) / (2 * TILE_ROWS) * (2 * TILE_ROWS);
     /* x as bf16, zero rows up to a whole number of tiles */
     uint16_t *xb = (uint16_t *)aligned_alloc(64, sizeof(uint16_t) * m_pad * K);
     if (!xb) return -2;
@@ -198,29 +210,56 @@ int triode_quant_matmul_tiles(const float *x, int64_t ldx, int64_t M, const uint
         for (int64_t b = 0; b < n_blocks; b++) {
             if (!panel) continue;
             decode_panel(&w, b, panel);
-            const int64_t n0 = b * BLOCK_N, n_end = N;
-            for (int64_t m0 = 0; m0 < M; m0 += rows) {
-                const int valid = (int)(M - m0 < rows ? M - m0 : rows);
+            const int64_t n0 = b * BLOCK_N;
+            if (M <= TILE_ROWS) { /* one tile of rows against the four column tiles */
                 _tile_zero(0);
                 _tile_zero(1);
                 _tile_zero(2);
                 _tile_zero(3);
                 for (int64_t kc = 0; kc < half_k; kc += TILE_ROWS) {
                     const uint16_t *pk = panel + kc * TILE_K;
-                    _tile_loadd(4, xb + m0 * K + 2 * kc, ldxb);
+                    _tile_loadd(4, xb + 2 * kc, ldxb);
                     _tile_loadd(5, pk, 64);
                     _tile_loadd(6, pk + half_k * TILE_K, 64);
+                    _tile_loadd(7, pk + 2 * half_k * TILE_K, 64);
                     _tile_dpbf16ps(0, 4, 5);
+                    _tile_loadd(5, pk + 3 * half_k * TILE_K, 64);
                     _tile_dpbf16ps(1, 4, 6);
-                    _tile_loadd(5, pk + 2 * half_k * TILE_K, 64);
-                    _tile_loadd(6, pk + 3 * half_k * TILE_K, 64);
-                    _tile_dpbf16ps(2, 4, 5);
-                    _tile_dpbf16ps(3, 4, 6);
+                    _tile_dpbf16ps(2, 4, 7);
+                    _tile_dpbf16ps(3, 4, 5);
                 }
-                STORE_TILE(0);
-                STORE_TILE(1);
-                STORE_TILE(2);
-                STORE_TILE(3);
+                STORE_TILE(0, 0, rows, n0);
+                STORE_TILE(1, 0, rows, n0 + 16);
+                STORE_TILE(2, 0, rows, n0 + 32);
+                STORE_TILE(3, 0, rows, n0 + 48);
+                continue;
+            }
+            /* 32 rows x 32 columns per pass: two tiles of x, two of weights, four sums. */
+            for (int64_t m0 = 0; m0 < M; m0 += 2 * TILE_ROWS) {
+                for (int h = 0; h < 2; h++) {
+                    const uint16_t *ph = panel + 2 * h * half_k * TILE_K;
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int64_t kc = 0; kc < half_k; kc += TILE_ROWS) {
+                        const uint16_t *pk = ph + kc * TILE_K;
+                        _tile_loadd(4, xb + m0 * K + 2 * kc, ldxb);
+                        _tile_loadd(5, xb + (m0 + TILE_ROWS) * K + 2 * kc, ldxb);
+                        _tile_loadd(6, pk, 64);
+                        _tile_loadd(7, pk + half_k * TILE_K, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                    const int64_t c0 = n0 + 32 * h;
+                    const int top = rows_left(M, m0), bottom = rows_left(M, m0 + TILE_ROWS);
+                    STORE_TILE(0, m0, top, c0);
+                    STORE_TILE(1, m0, top, c0 + 16);
+                    STORE_TILE(2, m0 + TILE_ROWS, bottom, c0);
+                    STORE_TILE(3, m0 + TILE_ROWS, bottom, c0 + 16);
+                }
             }
         }
         if (panel) _tile_release();
