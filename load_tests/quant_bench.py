@@ -12,6 +12,9 @@
 - fixed16: 64 requests x 128 new tokens at 16 concurrent (max_num_seqs 16); mixed: 128
   requests at once, prompts 16-512, outputs 16-256 (load_tests.offline's workloads).
 - rss: `triode serve` started per configuration; its resident memory once /health answers.
+- kernels: the quantized linears of the bundled GGUF model (every layer's, as a forward pass
+  streams them) per kernel and row count: the direct float32 kernel, the AMX tiles and the
+  de-quantize + dense GEMM path, interleaved in one process (ms per step; ratios to tiles).
 
 Every configuration runs in this one process, one after the other, so the ratios are same-run.
 """
@@ -212,6 +215,44 @@ def llama_cpp_single(gguf: Path, threads: int, seed: int = 0) -> Row:
     )
 
 
+KERNEL_ROWS = (1, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def kernel_rows(threads: int, row_counts: tuple[int, ...], rounds: int = 3) -> list[Row]:
+    """ms per step of all quantized linears (lm head aside) for each kernel and row count."""
+    import torch
+
+    from triode.engine import LLM
+    from triode.engine.quant.linear import QuantLinear
+
+    llm = LLM(quantization="gguf", num_threads=threads, kv_cache_memory_gib=0.1)
+    model = llm.engine.runner.model
+    linears = [m for m in model.layers.modules() if isinstance(m, QuantLinear)]
+    kernels = {"direct": "forward_direct", "dense": "forward_dense"}
+    if linears[0].has_tiles:
+        kernels["tiles"] = "forward_tiles"
+    rows_out = []
+    with torch.inference_mode():
+        for rows in row_counts:
+            inputs = {k: torch.randn(rows, k) for k in {m.in_features for m in linears}}
+            best = dict.fromkeys(kernels, float("inf"))
+            for _ in range(rounds):  # interleaved: a burst of load hits every kernel alike
+                for name, method in kernels.items():
+                    calls = [(getattr(m, method), inputs[m.in_features]) for m in linears]
+                    calls[0][0](calls[0][1])  # warm
+                    start = time.perf_counter()
+                    for fn, x in calls:
+                        fn(x)
+                    best[name] = min(best[name], time.perf_counter() - start)
+            detail = {f"{k}_ms": round(1e3 * v, 2) for k, v in best.items()}
+            if "tiles" in best:
+                for name in ("direct", "dense"):
+                    detail[f"{name}_over_tiles"] = round(best[name] / best["tiles"], 2)
+            rows_out.append(Row("kernels", f"rows={rows}", 0.0, detail))
+    del llm
+    return rows_out
+
+
 def server_rss(config: dict, threads: int) -> Row:
     """`triode serve` with this configuration: resident set size once /health says ready."""
     import httpx
@@ -261,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="float32,gguf", help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--no-llama-cpp", action="store_true")
+    parser.add_argument(
+        "--kernel-rows", default=",".join(map(str, KERNEL_ROWS)), help="for --workload kernels"
+    )
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
 
@@ -274,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     for workload in workloads:
         base: Row | None = None
+        if workload == "kernels":
+            counts = tuple(int(r) for r in args.kernel_rows.split(","))
+            for row in kernel_rows(args.threads, counts):
+                rows.append(row)
+                _print(row, None)
+            continue
         for config in configs:
             if workload == "single":
                 row = single_stream(config, args.threads)
@@ -298,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print(row: Row, base: Row | None) -> None:
+    if row.workload == "kernels":
+        print(f"kernels {row.system:10s} " + ", ".join(f"{k} {v}" for k, v in row.detail.items()))
+        sys.stdout.flush()
+        return
     if row.workload == "rss":
         print(f"rss     {row.system:10s} {row.detail['rss_mb']:8.1f} MB resident after start")
         return
