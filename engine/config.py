@@ -43,8 +43,8 @@ class EngineConfig:
     quantized on load, groups of 32), fp8 (CUDA, Hopper and later)."""
     quant_direct_max_rows: int | None = None
     """Quantized linears: steps of up to this many tokens run the quantized kernel (float32
-    activations), bigger ones a dense bf16 GEMM over de-quantized weights (default: measured
-    per weight shape at start). A value above --max-num-batched-tokens keeps every step on the
+    activations), bigger ones the bf16 path (AMX tiles, or a dense GEMM over de-quantized
+    weights; default: measured per weight shape at start, never below 4). A value above --max-num-batched-tokens keeps every step on the
     quantized kernel: a request's tokens then never depend on what it is batched with."""
     device: str = "auto"
     """Where the model runs: auto (CUDA when available, else the CPU), cpu, cuda, cuda:1, ..."""
