@@ -11,7 +11,8 @@
   ~/.cache/triode-bench; the first build takes minutes). Never used by the tests.
 - fixed16: 64 requests x 128 new tokens at 16 concurrent (max_num_seqs 16); mixed: 128
   requests at once, prompts 16-512, outputs 16-256 (load_tests.offline's workloads).
-- rss: `triode serve` started per configuration; its resident memory once /health answers.
+- rss: `triode serve` started per configuration; the resident memory of its process tree (the
+  server and its engine-core child) once /health answers.
 - kernels: the quantized linears of the bundled GGUF model (every layer's, as a forward pass
   streams them) per kernel and row count: the direct float32 kernel, the AMX tiles and the
   de-quantize + dense GEMM path, interleaved in one process (ms per step; ratios to tiles).
@@ -277,14 +278,40 @@ def server_rss(config: dict, threads: int) -> Row:
             time.sleep(0.5)
         else:
             raise RuntimeError(f"triode serve {flags} did not become healthy")
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        rss_kb = int(
-            next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]
-        )
+        # The engine core runs in a child process by default: count the whole process tree.
+        rss_kb = sum(_rss_kb(pid) for pid in _process_tree(process.pid))
     finally:
         process.terminate()
         process.wait(timeout=60)
     return Row("rss", _name(config), 0.0, {"rss_mb": round(rss_kb / 1024, 1)})
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and its descendants (from /proc/*/stat parent ids)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    line = next((line for line in status.splitlines() if line.startswith("VmRSS")), None)
+    return int(line.split()[1]) if line else 0
 
 
 def _name(config: dict) -> str:
