@@ -32,10 +32,8 @@ from typing import Any
 
 import trio
 
-from triode.engine.actor_process import MAX_FAILED_STEPS, Add, EngineState, ProcessLoop, Shutdown
 from triode.engine.config import EngineConfig
 from triode.engine.core.scheduler import SchedulerStats
-from triode.engine.core_client import CoreProcess
 from triode.engine.errors import (
     EngineDeadError,
     EngineNotReadyError,
@@ -47,9 +45,17 @@ from triode.engine.input_processor import InputProcessor
 from triode.engine.inputs import EngineInput, ModelInfo
 from triode.engine.llm_engine import LLMEngine
 from triode.engine.metrics import EngineMetrics, EngineStats
+from triode.engine.process.actor_process import (
+    MAX_FAILED_STEPS,
+    Add,
+    EngineState,
+    ProcessLoop,
+    Shutdown,
+)
+from triode.engine.process.core_client import CoreProcess
+from triode.engine.process.step_profile import LoopBusyInstrument, StepProfile, timed_step
+from triode.engine.process.stream_router import Tracked, error_delta, route_deltas
 from triode.engine.sampling.sampling_params import SamplingParams
-from triode.engine.step_profile import LoopBusyInstrument, StepProfile, timed_step
-from triode.engine.stream_router import Tracked, error_delta, route_deltas
 from triode.streaming.delta import RequestDelta
 from triode.streaming.request_stream import RequestStream
 

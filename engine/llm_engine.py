@@ -24,6 +24,7 @@ from triode.engine.inputs import EngineInput, ModelInfo, make_engine_input
 from triode.engine.models.loader import resolve_model
 from triode.engine.output_processor import OutputProcessor
 from triode.engine.runner.model_runner import ModelRunner, RunnerOutput
+from triode.engine.runner.thread_policy import ThreadPolicy
 from triode.engine.sampling.logit_controls import resolve_bad_words
 from triode.engine.sampling.sampling_params import SamplingParams
 from triode.engine.spec_decode.config import SpeculativeConfig
@@ -32,7 +33,6 @@ from triode.engine.spec_decode.ngram import NgramProposer
 from triode.engine.step_isolation import StepResult, describe, run_isolating
 from triode.engine.structured.compiler import GrammarCompiler
 from triode.engine.structured.manager import StepMasks, StructuredOutputManager
-from triode.engine.thread_policy import ThreadPolicy
 from triode.streaming.delta import RequestDelta
 
 if TYPE_CHECKING:

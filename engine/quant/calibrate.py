@@ -100,7 +100,7 @@ def calibrate(
 
 def load_mark() -> tuple[float | None, float | None, float]:
     """(machine busy CPU seconds, our CPU seconds, wall clock) now."""
-    from triode.engine.thread_policy import machine_busy_seconds, process_cpu_seconds
+    from triode.engine.runner.thread_policy import machine_busy_seconds, process_cpu_seconds
 
     return machine_busy_seconds(), process_cpu_seconds(), time.monotonic()
 

@@ -10,7 +10,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triode.engine.thread_policy import (
+from triode.engine.runner.thread_policy import (
     ThreadPolicy,
     machine_busy_seconds,
     process_cpu_seconds,

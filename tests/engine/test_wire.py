@@ -9,7 +9,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from triode.engine.wire import BlockingFrames, TrioFrames, encode
+from triode.engine.process.wire import BlockingFrames, TrioFrames, encode
 from triode.streaming.delta import RequestDelta
 
 messages = st.lists(

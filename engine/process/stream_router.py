@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from triode.engine.metrics import EngineMetrics, EngineStats
-from triode.engine.step_profile import StepProfile
+from triode.engine.process.step_profile import StepProfile
 from triode.streaming.delta import RequestDelta
 from triode.streaming.request_stream import RequestStream
 

@@ -1,6 +1,6 @@
-"""The engine core in a process of its own: `python -m triode.engine.core_process FD`.
+"""The engine core in a process of its own: `python -m triode.engine.process.core_process FD`.
 
-The trio actor (`AsyncEngine`, through `engine.core_client`) starts this with one end of a
+The trio actor (`AsyncEngine`, through `engine.process.core_client`) starts this with one end of a
 socket pair as FD. Its only job: build an `LLMEngine` from the `EngineConfig` it is sent,
 answer ("ready", ModelInfo) or ("failed", the exception), then step while there is work and block
 while there is none. Messages in: ("add", request_id, EngineInput), ("abort", [ids]),
@@ -30,9 +30,9 @@ import sys
 import time
 from typing import Any
 
-from triode.engine.wire import BlockingFrames
+from triode.engine.process.wire import BlockingFrames
 
-logger = logging.getLogger("triode.engine.core_process")
+logger = logging.getLogger("triode.engine.process.core_process")
 
 
 def serve(frames: BlockingFrames) -> int:
@@ -42,10 +42,10 @@ def serve(frames: BlockingFrames) -> int:
     logging.basicConfig(
         level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    from triode.engine.core_client import EngineStartError
     from triode.engine.errors import InvalidRequestError
     from triode.engine.llm_engine import LLMEngine
-    from triode.engine.thread_policy import ThreadPolicy, threads_beside_front_end
+    from triode.engine.process.core_client import EngineStartError
+    from triode.engine.runner.thread_policy import ThreadPolicy, threads_beside_front_end
     from triode.streaming.delta import RequestDelta
 
     try:

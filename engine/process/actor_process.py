@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from triode.engine.core_client import CoreProcess
 from triode.engine.inputs import EngineInput
-from triode.engine.step_profile import StepProfile
+from triode.engine.process.core_client import CoreProcess
+from triode.engine.process.step_profile import StepProfile
 from triode.streaming.request_stream import RequestStream
 
 if TYPE_CHECKING:

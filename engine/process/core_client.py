@@ -1,6 +1,6 @@
 """CoreProcess: the actor's handle on an engine core running in a child process.
 
-`start` launches `python -m triode.engine.core_process` with one end of a socket pair, sends
+`start` launches `python -m triode.engine.process.core_process` with one end of a socket pair, sends
 the `EngineConfig`, and returns once the child reports the model loaded (or raises the
 exception the child's load raised, or `EngineStartError` when that cannot cross). Then `send` carries commands and `receive` the
 child's per-step outputs (see `core_process` for the messages). `close` asks the child to
@@ -19,7 +19,7 @@ import trio
 
 from triode.engine.config import EngineConfig
 from triode.engine.inputs import ModelInfo
-from triode.engine.wire import TrioFrames
+from triode.engine.process.wire import TrioFrames
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class CoreProcess:
         ours, theirs = socket.socketpair()
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "triode.engine.core_process", str(theirs.fileno())],
+                [sys.executable, "-m", "triode.engine.process.core_process", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
