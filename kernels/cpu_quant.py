@@ -139,15 +139,19 @@ def weight_args(w: QuantWeight) -> tuple:
 
 class PreparedMatmul:
     """The kernel call for one weight with its arguments converted once (a decode step calls
-    every linear once per layer: per-call Python work is worth trimming)."""
+    every linear once per layer: per-call Python work is worth trimming). `fn` is a C entry
+    point with the quantized matmul's signature (default: the direct kernel)."""
 
-    __slots__ = ("_args", "_fn", "in_features", "out_features")
+    __slots__ = ("_args", "_fn", "_name", "in_features", "out_features")
 
-    def __init__(self, w: QuantWeight) -> None:
-        lib = load_library()
-        if lib is None:
-            raise RuntimeError("the CPU quantized matmul is not available (no C compiler?)")
-        self._fn = lib.triode_quant_matmul
+    def __init__(self, w: QuantWeight, fn=None, name: str = "quantized matmul") -> None:
+        if fn is None:
+            lib = load_library()
+            if lib is None:
+                raise RuntimeError("the CPU quantized matmul is not available (no C compiler?)")
+            fn = lib.triode_quant_matmul
+        self._fn = fn
+        self._name = name
         self._args = weight_args(w)
         self.in_features, self.out_features = w.in_features, w.out_features
 
@@ -157,7 +161,7 @@ class PreparedMatmul:
             x.data_ptr(), x.stride(0), x.shape[0], *self._args, out.data_ptr(), out.stride(0)
         )
         if rc != 0:
-            raise RuntimeError(f"quantized matmul failed (code {rc})")
+            raise RuntimeError(f"{self._name} failed (code {rc})")
 
 
 def quant_matmul(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None = None) -> torch.Tensor:

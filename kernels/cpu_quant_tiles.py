@@ -16,7 +16,7 @@ from functools import cache
 import torch
 
 from triode.kernels.cpu_build import build
-from triode.kernels.cpu_quant import QuantWeight, weight_args
+from triode.kernels.cpu_quant import PreparedMatmul, QuantWeight
 
 # Same float rules as the de-quantizer (quant_matmul.c): mul, then add, never contracted.
 _EXTRA_FLAGS = ("-ffp-contract=off",)
@@ -50,26 +50,16 @@ def supports(w: QuantWeight) -> bool:
     return w.in_features % K_MULTIPLE == 0
 
 
-class PreparedTileMatmul:
+class PreparedTileMatmul(PreparedMatmul):
     """The tile kernel for one weight, its arguments converted once (as PreparedMatmul)."""
 
-    __slots__ = ("_args", "_fn", "in_features", "out_features")
+    __slots__ = ()
 
     def __init__(self, w: QuantWeight) -> None:
         lib = load_library()
         if lib is None or not supports(w):
             raise RuntimeError("the AMX tile kernel is not available for this weight")
-        self._fn = lib.triode_quant_matmul_tiles
-        self._args = weight_args(w)
-        self.in_features, self.out_features = w.in_features, w.out_features
-
-    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
-        """out[:, :N] = x @ W^T; x float32 [M, K] with unit column stride, out float32 rows."""
-        rc = self._fn(
-            x.data_ptr(), x.stride(0), x.shape[0], *self._args, out.data_ptr(), out.stride(0)
-        )
-        if rc != 0:
-            raise RuntimeError(f"tile matmul failed (code {rc})")
+        super().__init__(w, lib.triode_quant_matmul_tiles, "tile matmul")
 
 
 def tile_matmul(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None = None) -> torch.Tensor:
