@@ -59,3 +59,30 @@ def run_step(scheduler: Scheduler, token: int = 7):
     sampled = {sid: token for item in out.scheduled for sid in item.sample_ids}
     updated, finished = scheduler.update_from_output(out, sampled)
     return out, updated, finished
+
+
+def generate_speculating(llm, prompts: list[list[int]], params: list[SamplingParams], speculate):
+    """`llm.generate` with the engine's proposer on or off, from an empty prefix cache:
+    [(token ids, text, finish reason)] per prompt."""
+    engine = llm.engine
+    proposer = engine.proposer
+    if not speculate:
+        engine.proposer = None
+    try:
+        engine.scheduler.kv.reset_prefix_cache()
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    finally:
+        engine.proposer = proposer
+    return [(o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason) for o in outs]
+
+
+def assert_outcomes_match_alone(requests, outcomes, want) -> None:
+    """Each request's tokens and finish reasons equal its run alone (`want`); an aborted
+    request's tokens are a prefix of them."""
+    for req, outcome in zip(requests, outcomes.values()):
+        if req.abort_after is None:
+            assert outcome.tokens == want[req].tokens, req
+            assert outcome.finish_reasons == want[req].finish_reasons, req
+            continue
+        for index, tokens in outcome.tokens.items():
+            assert tokens == want[req].tokens[index][: len(tokens)], req

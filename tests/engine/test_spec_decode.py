@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.engine.helpers import generate_speculating
 from triode.engine import LLM, SamplingParams
 from triode.engine.config import EngineConfig
 from triode.engine.spec_decode.config import SpeculativeConfig
@@ -49,19 +50,6 @@ def llm() -> LLM:
     )
 
 
-def _run(llm: LLM, prompts: list[list[int]], params: list[SamplingParams], speculate: bool):
-    engine = llm.engine
-    proposer = engine.proposer
-    if not speculate:
-        engine.proposer = None
-    try:
-        engine.scheduler.kv.reset_prefix_cache()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    finally:
-        engine.proposer = proposer
-    return [(o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason) for o in outs]
-
-
 def test_greedy_output_is_identical_with_and_without_speculation(llm):
     tokenizer = llm.get_tokenizer()
     copy = _chat(llm, f"Repeat this text exactly, word for word:\n\n{PASSAGE}")
@@ -79,11 +67,11 @@ def test_greedy_output_is_identical_with_and_without_speculation(llm):
     stats = llm.engine.scheduler.spec_stats
     drafts_before, preemptions_before = stats.num_drafts, llm.engine.scheduler.num_preemptions
     accepted_before = stats.num_accepted_tokens
-    with_spec = _run(llm, prompts, params, speculate=True)
+    with_spec = generate_speculating(llm, prompts, params, speculate=True)
     assert stats.num_drafts > drafts_before
     assert stats.num_accepted_tokens - accepted_before > 30
     assert llm.engine.scheduler.num_preemptions > preemptions_before
-    without = _run(llm, prompts, params, speculate=False)
+    without = generate_speculating(llm, prompts, params, speculate=False)
     assert with_spec == without
     reasons = [r for _, _, r in with_spec]
     assert reasons[:3] == ["stop", "length", "stop"], with_spec
@@ -103,7 +91,9 @@ def test_streamed_deltas_carry_bursts_and_the_same_text(llm):
     assert max(len(d.token_ids) for d in deltas) > 1  # several tokens in one step
     tokens = [t for d in deltas for t in d.token_ids]
     text = "".join(d.text for d in deltas)
-    (want,) = _run(llm, [prompt], [SamplingParams(temperature=0, max_tokens=24)], False)
+    (want,) = generate_speculating(
+        llm, [prompt], [SamplingParams(temperature=0, max_tokens=24)], False
+    )
     assert (tokens, text) == want[:2]
 
 

@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from tests.conftest import make_tiny_llama
+from tests.engine.helpers import generate_speculating
 from tests.engine.test_spec_decode import PASSAGE, _chat
 from triode.engine import LLM, SamplingParams
 from triode.engine.config import EngineConfig
@@ -43,19 +44,6 @@ def llm(bundled_folder) -> LLM:
     return llm
 
 
-def _run(llm: LLM, prompts: list[list[int]], params: list[SamplingParams], speculate: bool):
-    engine = llm.engine
-    proposer = engine.proposer
-    if not speculate:
-        engine.proposer = None
-    try:
-        engine.scheduler.kv.reset_prefix_cache()
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
-    finally:
-        engine.proposer = proposer
-    return [(o.outputs[0].token_ids, o.outputs[0].text, o.outputs[0].finish_reason) for o in outs]
-
-
 def _prompts_and_params(llm: LLM) -> tuple[list[list[int]], list[SamplingParams]]:
     tokenizer = llm.get_tokenizer()
     copy = _chat(llm, f"Repeat this text exactly, word for word:\n\n{PASSAGE}")
@@ -75,7 +63,7 @@ def _prompts_and_params(llm: LLM) -> tuple[list[list[int]], list[SamplingParams]
 @pytest.fixture(scope="module")
 def without_speculation(llm) -> list:
     """The batch's outputs without speculation (what every draft must reproduce)."""
-    return _run(llm, *_prompts_and_params(llm), speculate=False)
+    return generate_speculating(llm, *_prompts_and_params(llm), speculate=False)
 
 
 def _check_identical(llm: LLM, want: list, min_acceptance: float) -> None:
@@ -84,7 +72,7 @@ def _check_identical(llm: LLM, want: list, min_acceptance: float) -> None:
     before = stats.copy()
     preemptions_before = engine.scheduler.num_preemptions
     prompts, params = _prompts_and_params(llm)
-    with_draft = _run(llm, prompts, params, speculate=True)
+    with_draft = generate_speculating(llm, prompts, params, speculate=True)
     num_drafted = stats.num_draft_tokens - before.num_draft_tokens
     num_accepted = stats.num_accepted_tokens - before.num_accepted_tokens
     assert stats.num_drafts - before.num_drafts > 10

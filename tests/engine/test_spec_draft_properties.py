@@ -17,6 +17,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.engine.helpers import assert_outcomes_match_alone
 from tests.engine.test_kv_properties import (
     BLOCK_SIZE,
     ROOMY_BLOCKS,
@@ -71,13 +72,7 @@ def test_requests_speculating_with_a_draft_model_get_the_tokens_they_get_alone(
     finally:
         engine.speculative_config = None
         engine.proposer = None
-    for req, outcome in zip(workload.requests, outcomes.values()):
-        if req.abort_after is None:
-            assert outcome.tokens == want[req].tokens, req
-            assert outcome.finish_reasons == want[req].finish_reasons, req
-            continue
-        for index, tokens in outcome.tokens.items():
-            assert tokens == want[req].tokens[index][: len(tokens)], req
+    assert_outcomes_match_alone(workload.requests, outcomes, want)
     kv = engine.scheduler.kv
     assert kv.num_free_blocks == kv.num_blocks
     assert draft.kv.num_free_blocks == draft.kv.num_blocks and not draft.kv.seq_ids()

@@ -17,6 +17,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.engine.helpers import assert_outcomes_match_alone
 from tests.engine.test_kv_properties import (
     Req,
     Workload,
@@ -75,13 +76,7 @@ def test_speculating_requests_get_the_tokens_they_get_alone(engine, workload, se
     finally:
         engine.speculative_config = None
         engine.proposer = None
-    for req, outcome in zip(workload.requests, outcomes.values()):
-        if req.abort_after is None:
-            assert outcome.tokens == want[req].tokens, req
-            assert outcome.finish_reasons == want[req].finish_reasons, req
-            continue
-        for index, tokens in outcome.tokens.items():
-            assert tokens == want[req].tokens[index][: len(tokens)], req
+    assert_outcomes_match_alone(workload.requests, outcomes, want)
     kv = engine.scheduler.kv
     assert kv.num_free_blocks == kv.num_blocks
 
