@@ -154,6 +154,11 @@ class LlamaForCausalLM(nn.Module):
         else:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.onednn = False
+        # The fused decode step (engine.models.fused_decode): on where the model supports it;
+        # tests turn it off to compare with the module path.
+        self.fused_decode_enabled = True
+        self._fused: tuple[list, object] | None = None  # (the KV caches it was built for, it)
+        self._fused_supported: bool | None = None
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         for p in self.parameters():
@@ -168,11 +173,32 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states [T, hidden] after the final norm."""
         x = self.embed_tokens(input_ids)
+        fused = self._fused_decode(kv_caches, attn, x)
+        if fused is not None:
+            return fused(x, positions, attn.slot_mapping, attn.block_tables, attn.seq_lens)
         cos = self.rope_cos[positions].to(x.dtype)
         sin = self.rope_sin[positions].to(x.dtype)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
             x = layer(x, cos, sin, k_cache, v_cache, attn)
         return self.norm(x)
+
+    def _fused_decode(
+        self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], attn: AttentionMetadata, x
+    ):
+        """The fused decode step for this step, or None (module path): only decode-only steps
+        (one new token per sequence) of a model and backend that support it."""
+        if not self.fused_decode_enabled or attn.max_q_len != 1 or x.device.type != "cpu":
+            return None
+        if self._fused is None or self._fused[0] is not kv_caches:
+            from triode.engine.models.fused_decode import FusedDecode
+
+            if self._fused_supported is None:
+                self._fused_supported = FusedDecode.supports(self, attn.backend.name)
+            if not self._fused_supported:
+                return None
+            self._fused = (kv_caches, FusedDecode(self, kv_caches))
+        fused = self._fused[1]
+        return fused if fused.accepts(x.shape[0]) else None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:  # tied to the (float) embedding

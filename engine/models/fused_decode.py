@@ -1,0 +1,155 @@
+"""The fused decode step: a decode-only step of a quantized Llama-family model on the CPU runs
+all its layers in one C call (kernels/cpu/decode_step.c) instead of ~30 torch operations and
+5 kernel calls per layer dispatched from Python.
+
+Used when every linear of the model holds quantized weights (the GGUF default, `--quantization
+int8|int4`), the attention backend is the C decode kernel's ("cpu": float32 caches), every
+sequence of the step has exactly one new token (plain decode; prompt chunks and speculative
+verification take the module path) and each linear has a kernel for the step's row count
+(the direct kernel up to its calibrated rows; above that only where the AMX tile kernel
+exists, since the dense bf16 fallback is a torch GEMM). It calls the same matmul and
+attention kernels the module path would for the same step; norms, RoPE and SiLU are C code
+whose sums may round differently from torch's (equal to float rounding; tested in
+tests/kernels/test_decode_step.py). Measured on the bundled model: BENCHMARKS.md, issue 14.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from triode.engine.quant.linear import QuantLinear
+from triode.kernels import cpu_decode, cpu_decode_step
+from triode.kernels.cpu_decode_step import MAX_PARTS, function_address
+from triode.kernels.cpu_quant import PreparedMatmul
+
+
+class FusedDecode:
+    """The C description of one model over one set of KV caches, and the step call."""
+
+    def __init__(self, model: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
+        lib = cpu_decode_step.load_library()
+        attention = cpu_decode.load_library()
+        if lib is None or attention is None:
+            raise RuntimeError("the fused decode step needs the CPU kernels (no C compiler?)")
+        cfg = model.cfg
+        k0 = kv_caches[0][0]
+        self._fn = lib.triode_llama_decode
+        self._keep: list[torch.Tensor] = []  # tensors whose pointers the C structures hold
+        self._linears: list[tuple[cpu_decode_step.Linear, QuantLinear]] = []
+        self.model_desc = cpu_decode_step.Model(
+            hidden=cfg.hidden_size,
+            intermediate=cfg.intermediate_size,
+            num_heads=cfg.num_heads,
+            num_kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
+            num_layers=cfg.num_layers,
+            block_size=k0.shape[1],
+            max_positions=model.rope_cos.shape[0],
+            stride_block=k0.stride(0),
+            stride_pos=k0.stride(1),
+            stride_head=k0.stride(2),
+            eps=model.norm.eps,
+            scale=model.layers[0].scale,
+            rope_cos=self._pointer(model.rope_cos),
+            rope_sin=self._pointer(model.rope_sin),
+            final_norm=self._pointer(model.norm.weight),
+            attention=function_address(attention.triode_paged_decode_f32),
+        )
+        self.layers = (cpu_decode_step.Layer * cfg.num_layers)()
+        for desc, layer, (k_cache, v_cache) in zip(self.layers, model.layers, kv_caches):
+            desc.input_norm = self._pointer(layer.input_norm.weight)
+            desc.post_norm = self._pointer(layer.post_norm.weight)
+            for name in ("qkv", "o", "gate_up", "down"):
+                self._describe(getattr(desc, name), getattr(layer, name + "_proj"))
+            desc.k_cache = self._pointer(k_cache)
+            desc.v_cache = self._pointer(v_cache)
+        self.refresh_row_limits()
+        self.num_calls = 0
+
+    @staticmethod
+    def supports(model: torch.nn.Module, backend_name: str) -> bool:
+        """Whether this model and attention backend can take the fused step at all."""
+        if backend_name != "cpu" or not cpu_decode_step.is_available():
+            return False
+        if model.cfg.head_dim % 2 or model.cfg.head_dim > 512:
+            return False
+        for layer in model.layers:
+            for name in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+                linear = getattr(layer, name)
+                if not isinstance(linear, QuantLinear) or len(linear.parts) > MAX_PARTS:
+                    return False
+                if not all(isinstance(part, PreparedMatmul) for part, _ in linear._direct):
+                    return False  # a float part (a torch matmul)
+        return True
+
+    def refresh_row_limits(self) -> None:
+        """Read each linear's calibrated row switch-over again (calibration may run later)."""
+        limit = None
+        for desc, linear in self._linears:
+            desc.max_small_rows = linear.max_direct_rows
+            if not linear.has_tiles:
+                rows = linear.max_direct_rows
+                limit = rows if limit is None else min(limit, rows)
+        self.max_rows = limit  # None: every row count has a C kernel
+
+    def accepts(self, num_rows: int) -> bool:
+        return self.max_rows is None or num_rows <= self.max_rows
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """Hidden states after the final norm for the rows' embeddings `x` [M, hidden]
+        (float32; overwritten in place and returned)."""
+        x = x.float().contiguous()
+        positions = positions.to(torch.int64).contiguous()
+        slots = slots.to(torch.int64).contiguous()
+        tables = block_tables.to(torch.int32).contiguous()
+        lens = seq_lens.to(torch.int32).contiguous()
+        rows = x.shape[0]
+        if not (positions.numel() == slots.numel() == lens.numel() == tables.shape[0] == rows):
+            raise ValueError("the fused decode step takes one token per sequence")
+        rc = self._fn(
+            ctypes.byref(self.model_desc),
+            self.layers,
+            x.data_ptr(),
+            rows,
+            positions.data_ptr(),
+            slots.data_ptr(),
+            tables.data_ptr(),
+            tables.stride(0),
+            lens.data_ptr(),
+        )
+        if rc != 0:
+            raise RuntimeError(f"the fused decode step failed (code {rc})")
+        self.num_calls += 1
+        return x
+
+    # ---- building the description --------------------------------------------------------
+    def _pointer(self, tensor: torch.Tensor) -> int:
+        if tensor.dtype != torch.float32 or not tensor.is_contiguous():
+            raise ValueError("the fused decode step takes contiguous float32 tensors")
+        self._keep.append(tensor)
+        return tensor.data_ptr()
+
+    def _describe(self, desc: cpu_decode_step.Linear, linear: QuantLinear) -> None:
+        desc.num_parts = len(linear._direct)
+        desc.in_features = linear.in_features
+        desc.out_features = linear.out_features
+        desc.bias = None if linear.bias is None else self._pointer(linear.bias)
+        big = {start: part for part, start in linear._tiles}
+        for slot, (part, start) in zip(desc.parts, linear._direct):
+            args = part._args  # codes, bits, scales, offsets, half, group, N, K
+            slot.small = function_address(part._fn)
+            tile = big.get(start)
+            slot.big = function_address(tile._fn) if tile is not None else None
+            slot.codes, slot.bits, slot.scales, slot.offsets = args[0], args[1], args[2], args[3]
+            slot.half, slot.group, slot.N, slot.K = args[4], args[5], args[6], args[7]
+            slot.column = start
+        self._linears.append((desc, linear))

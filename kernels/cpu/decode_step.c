@@ -1,0 +1,194 @@
+/*
+ * A Llama-family decode step in one call: every layer of the model for M decode rows (one new
+ * token per sequence), compiled at first use by kernels/cpu_decode_step.py.
+ *
+ * Why it exists: a small decode step of a small model is mostly overhead. In the module path
+ * each layer is ~30 torch operations and 5 C calls dispatched from Python; for the bundled
+ * 135M model with one row that is ~1,000 dispatches costing more than the matmuls themselves
+ * (measured: a 12 ms step of which the quantized linears are ~3 ms). Here Python calls once a
+ * step; the norms, RoPE, the KV-cache write, SiLU and the residual adds run in plain C, and the
+ * matmuls and the attention are the engine's own kernels, called through function pointers
+ * (triode_quant_matmul / triode_quant_matmul_tiles / triode_paged_decode_f32 or any kernel with
+ * the same signature): the same code and the same numbers as the module path for those parts.
+ *
+ * The arithmetic is the module path's (engine/models/llama.py): float32 RMSNorm
+ * w * (x * 1/sqrt(mean(x^2) + eps)), rotate-half RoPE x * cos + rotate(x) * sin, SiLU
+ * x / (1 + exp(-x)). Sums (the norm's mean) may be added in another order than torch's, so
+ * results agree to float rounding, not bit for bit (tests/kernels/test_decode_step.py).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_PARTS 4
+
+typedef int (*matmul_fn)(const float *x, int64_t ldx, int64_t M, const uint8_t *codes, int bits,
+                         const void *scales, const void *offsets, int half, int group, int64_t N,
+                         int64_t K, float *out, int64_t ldo);
+
+typedef int (*attention_fn)(const float *q, int64_t q_stride_t, int64_t q_stride_h,
+                            const float *k_cache, const float *v_cache, int64_t stride_block,
+                            int64_t stride_pos, int64_t stride_head, const int32_t *block_tables,
+                            int64_t bt_stride, const int64_t *token_index,
+                            const int64_t *seq_index, const int32_t *seq_lens, int64_t num_items,
+                            float *out, int64_t out_stride_t, int64_t out_stride_h, int num_heads,
+                            int num_kv_heads, int head_dim, int block_size, float scale);
+
+/* Every field is 8 bytes wide (pointers, int64, double): the ctypes mirror has no padding. */
+typedef struct {
+    void *small;  /* matmul_fn for steps of at most max_small_rows rows */
+    void *big;    /* matmul_fn for bigger steps (NULL: `small` for every step) */
+    const void *codes, *scales, *offsets;
+    int64_t bits, half, group, N, K;
+    int64_t column; /* first output column of this part */
+} part_t;
+
+typedef struct {
+    part_t parts[MAX_PARTS];
+    int64_t num_parts, in_features, out_features, max_small_rows;
+    const float *bias; /* NULL: none */
+} linear_t;
+
+typedef struct {
+    const float *input_norm, *post_norm;
+    linear_t qkv, o, gate_up, down;
+    float *k_cache, *v_cache;
+} layer_t;
+
+typedef struct {
+    int64_t hidden, intermediate, num_heads, num_kv_heads, head_dim, num_layers;
+    int64_t block_size, max_positions;
+    int64_t stride_block, stride_pos, stride_head; /* of every layer's K and V cache */
+    double eps, scale;
+    const float *rope_cos, *rope_sin, *final_norm;
+    void *attention; /* attention_fn */
+} model_t;
+
+/* out[m, :] = x[m, :] W^T (+ bias), each part writing its own columns. */
+static int run_linear(const linear_t *lin, const float *x, int64_t M, float *out) {
+    for (int64_t p = 0; p < lin->num_parts; p++) {
+        const part_t *part = &lin->parts[p];
+        const matmul_fn fn =
+            (matmul_fn)(M > lin->max_small_rows && part->big ? part->big : part->small);
+        const int rc = fn(x, lin->in_features, M, (const uint8_t *)part->codes, (int)part->bits,
+                          part->scales, part->offsets, (int)part->half, (int)part->group, part->N,
+                          part->K, out + part->column, lin->out_features);
+        if (rc != 0) return rc;
+    }
+    if (lin->bias) {
+        for (int64_t m = 0; m < M; m++) {
+            float *row = out + m * lin->out_features;
+            for (int64_t n = 0; n < lin->out_features; n++) row[n] += lin->bias[n];
+        }
+    }
+    return 0;
+}
+
+/* out[m] = w * (x[m] * 1/sqrt(mean(x[m]^2) + eps)) */
+static void rms_norm(const float *x, const float *w, int64_t M, int64_t H, float eps, float *out) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *xr = x + m * H;
+        float *o = out + m * H;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < H; i++) sum += xr[i] * xr[i];
+        const float r = 1.0f / sqrtf(sum / (float)H + eps);
+#pragma omp simd
+        for (int64_t i = 0; i < H; i++) o[i] = w[i] * (xr[i] * r);
+    }
+}
+
+/* Rotate-half RoPE on `heads` heads of one row, in place, with this position's cos/sin. */
+static void rope_row(float *v, int64_t heads, int64_t D, const float *cos, const float *sin) {
+    const int64_t half = D / 2;
+    for (int64_t h = 0; h < heads; h++) {
+        float *x = v + h * D;
+        float tmp[512];
+        memcpy(tmp, x, sizeof(float) * D);
+        for (int64_t d = 0; d < half; d++) {
+            x[d] = tmp[d] * cos[d] + (-tmp[d + half]) * sin[d];
+            x[d + half] = tmp[d + half] * cos[d + half] + tmp[d] * sin[d + half];
+        }
+    }
+}
+
+/*
+ * x [M, hidden]: the rows' embeddings in; the final-normed hidden states out.
+ * positions/slots [M] int64 (slot < 0: do not write the cache), tables [M, bt_stride] int32,
+ * seq_lens [M] int32 (context length including the new token). Returns 0, or the first
+ * non-zero code of a kernel (-100: out of memory, -101: bad arguments).
+ */
+int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64_t M,
+                        const int64_t *positions, const int64_t *slots, const int32_t *tables,
+                        int64_t bt_stride, const int32_t *seq_lens) {
+    const int64_t H = m->hidden, D = m->head_dim, I = m->intermediate;
+    const int64_t q_size = m->num_heads * D, kv_size = m->num_kv_heads * D;
+    const int64_t qkv_width = q_size + 2 * kv_size;
+    if (M <= 0 || D > 512 || D % 2) return -101;
+    for (int64_t r = 0; r < M; r++)
+        if (positions[r] < 0 || positions[r] >= m->max_positions) return -101;
+    float *h = malloc(sizeof(float) * M * H);
+    float *tmp = malloc(sizeof(float) * M * H);
+    float *qkv = malloc(sizeof(float) * M * qkv_width);
+    float *attn = malloc(sizeof(float) * M * q_size);
+    float *gate_up = malloc(sizeof(float) * M * 2 * I);
+    float *act = malloc(sizeof(float) * M * I);
+    int64_t *index = malloc(sizeof(int64_t) * M);
+    int rc = 0;
+    if (!h || !tmp || !qkv || !attn || !gate_up || !act || !index) {
+        rc = -100;
+        goto done;
+    }
+    for (int64_t r = 0; r < M; r++) index[r] = r;
+    const attention_fn attend = (attention_fn)m->attention;
+    const float eps = (float)m->eps;
+
+    for (int64_t l = 0; l < m->num_layers; l++) {
+        const layer_t *layer = &layers[l];
+        rms_norm(x, layer->input_norm, M, H, eps, h);
+        if ((rc = run_linear(&layer->qkv, h, M, qkv))) goto done;
+        for (int64_t r = 0; r < M; r++) {
+            float *row = qkv + r * qkv_width;
+            const float *cos = m->rope_cos + positions[r] * D, *sin = m->rope_sin + positions[r] * D;
+            rope_row(row, m->num_heads + m->num_kv_heads, D, cos, sin); /* q and k heads */
+            if (slots[r] < 0) continue;
+            const int64_t block = slots[r] / m->block_size, pos = slots[r] % m->block_size;
+            const int64_t at = block * m->stride_block + pos * m->stride_pos;
+            for (int64_t kh = 0; kh < m->num_kv_heads; kh++) {
+                memcpy(layer->k_cache + at + kh * m->stride_head, row + q_size + kh * D,
+                       sizeof(float) * D);
+                memcpy(layer->v_cache + at + kh * m->stride_head, row + q_size + kv_size + kh * D,
+                       sizeof(float) * D);
+            }
+        }
+        rc = attend(qkv, qkv_width, D, layer->k_cache, layer->v_cache, m->stride_block,
+                    m->stride_pos, m->stride_head, tables, bt_stride, index, index, seq_lens, M,
+                    attn, q_size, D, (int)m->num_heads, (int)m->num_kv_heads, (int)D,
+                    (int)m->block_size, (float)m->scale);
+        if (rc) goto done;
+        if ((rc = run_linear(&layer->o, attn, M, tmp))) goto done;
+        for (int64_t i = 0; i < M * H; i++) x[i] = x[i] + tmp[i];
+        rms_norm(x, layer->post_norm, M, H, eps, h);
+        if ((rc = run_linear(&layer->gate_up, h, M, gate_up))) goto done;
+        for (int64_t r = 0; r < M; r++) {
+            const float *g = gate_up + r * 2 * I, *u = g + I;
+            float *a = act + r * I;
+#pragma omp simd
+            for (int64_t i = 0; i < I; i++) a[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        }
+        if ((rc = run_linear(&layer->down, act, M, tmp))) goto done;
+        for (int64_t i = 0; i < M * H; i++) x[i] = x[i] + tmp[i];
+    }
+    rms_norm(x, m->final_norm, M, H, eps, h);
+    memcpy(x, h, sizeof(float) * M * H);
+done:
+    free(h);
+    free(tmp);
+    free(qkv);
+    free(attn);
+    free(gate_up);
+    free(act);
+    free(index);
+    return rc;
+}

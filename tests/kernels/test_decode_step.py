@@ -1,0 +1,198 @@
+"""The fused decode step (kernels/cpu/decode_step.c, engine.models.fused_decode) against the
+module path it replaces: the same decode step on the same KV-cache state gives the same hidden
+states and cache writes to float rounding, on the real bundled model (GGUF Q4_1 as stored) and
+on tiny quantized models with q/k/v biases; greedy generation is unchanged; prompt steps never
+take it."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tests.conftest import make_tiny_llama
+from triode.engine import LLM, SamplingParams
+from triode.engine.runner.attention import AttentionMetadata
+from triode.kernels import cpu_decode_step, cpu_quant
+
+pytestmark = pytest.mark.skipif(
+    not (cpu_decode_step.is_available() and cpu_quant.is_available()), reason="no C compiler"
+)
+
+
+@pytest.fixture(scope="module")
+def bundled_llm() -> LLM:
+    return LLM(enable_prefix_caching=False, num_kv_blocks=96, block_size=16)
+
+
+@pytest.fixture(scope="module")
+def qwen_folder(tmp_path_factory, bundled_folder):
+    """A tiny Qwen2 (q/k/v biases) whose biases are not zero (transformers starts them at 0)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = make_tiny_llama(
+        tmp_path_factory.mktemp("tiny-qwen2"), bundled_folder, model_type="qwen2",
+        num_heads=4, num_kv_heads=2, head_dim=32, num_layers=3,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(str(folder))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.bias"):
+                p.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+def _metadata(runner, q_lens, seq_lens, tables, slots) -> AttentionMetadata:
+    bs = runner.block_size
+    return AttentionMetadata.build(
+        q_lens, seq_lens, tables, slots, bs, runner.kv_bytes_per_token, runner.device,
+        runner.attention,
+    )  # fmt: skip
+
+
+def _decode_both_ways(llm: LLM, context_lens: list[int], seed: int = 0):
+    """Prefill sequences of `context_lens` tokens (module path), then run one decode step over
+    all of them twice from the same cache state: module path, then fused. Returns (module
+    hidden, fused hidden, module caches' new slots, fused caches' new slots, fused calls)."""
+    runner = llm.engine.runner
+    model = runner.model
+    bs = runner.block_size
+    rng = random.Random(seed)
+    caches = [(torch.zeros_like(k), torch.zeros_like(v)) for k, v in runner.kv_caches]
+    tables, next_block = [], 0
+    for n in context_lens:
+        blocks = -(-(n + 1) // bs)
+        tables.append(list(range(next_block, next_block + blocks)))
+        next_block += blocks
+    assert next_block <= caches[0][0].shape[0]
+
+    def slot(table: list[int], p: int) -> int:
+        return table[p // bs] * bs + p % bs
+
+    with torch.inference_mode():
+        ids = [rng.randrange(300, 49000) for _ in range(sum(context_lens))]
+        positions = [p for n in context_lens for p in range(n)]
+        slots = [slot(t, p) for t, n in zip(tables, context_lens) for p in range(n)]
+        meta = _metadata(runner, context_lens, context_lens, tables, slots)
+        model.fused_decode_enabled = False
+        model(torch.tensor(ids), torch.tensor(positions), caches, meta)
+
+        new_ids = torch.tensor([rng.randrange(300, 49000) for _ in context_lens])
+        new_pos = torch.tensor(context_lens)
+        new_slots = [slot(t, n) for t, n in zip(tables, context_lens)]
+        seq_lens = [n + 1 for n in context_lens]
+        results = []
+        for fused in (False, True):
+            meta = _metadata(runner, [1] * len(context_lens), seq_lens, tables, new_slots)
+            model.fused_decode_enabled = fused
+            try:
+                hidden = model(new_ids, new_pos, caches, meta)
+            finally:
+                model.fused_decode_enabled = True
+            index = torch.tensor(new_slots)
+            written = [
+                (k.flatten(0, 1)[index].clone(), v.flatten(0, 1)[index].clone()) for k, v in caches
+            ]
+            results.append((hidden.clone(), written))
+    calls = model._fused[1].num_calls if model._fused else 0
+    return results[0], results[1], calls
+
+
+def _assert_same_step(module, fused) -> None:
+    (h_mod, kv_mod), (h_fused, kv_fused) = module, fused
+    torch.testing.assert_close(h_fused, h_mod, rtol=1e-4, atol=1e-4)
+    for (k_mod, v_mod), (k_fused, v_fused) in zip(kv_mod, kv_fused):
+        torch.testing.assert_close(k_fused, k_mod, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(v_fused, v_mod, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("context_lens", [[100], [7, 40, 130]])
+def test_bundled_model_decode_step_matches_the_module_path(bundled_llm, context_lens):
+    """One row and a few rows of the GGUF default (the direct kernel on both paths)."""
+    module, fused, calls = _decode_both_ways(bundled_llm, context_lens)
+    assert calls > 0, "the fused step did not run"
+    _assert_same_step(module, fused)
+
+
+SIXTEEN = [5 + 9 * i for i in range(16)]
+
+
+def test_sixteen_rows_on_the_direct_kernel_match_the_module_path(bundled_llm):
+    linears = _linears(bundled_llm)
+    saved = [lin.max_direct_rows for lin in linears]
+    try:
+        for lin in linears:
+            lin.max_direct_rows = 64
+        module, fused, calls = _decode_both_ways(bundled_llm, SIXTEEN)
+    finally:
+        for lin, rows in zip(linears, saved):
+            lin.max_direct_rows = rows
+    assert calls > 0
+    _assert_same_step(module, fused)
+
+
+def test_sixteen_rows_past_the_calibrated_rows_agree_with_the_module_path(bundled_llm):
+    """Past the direct kernel's rows both paths call the big-step kernel (AMX tiles where there
+    are, else the fused step is not taken). It rounds activations to bf16, which turns the
+    paths' float-rounding differences into bf16-sized ones after 30 layers: compare at that
+    size, and the greedy choice of every row."""
+    module, fused, _ = _decode_both_ways(bundled_llm, SIXTEEN)
+    (h_mod, _), (h_fused, _) = module, fused
+    assert (h_fused - h_mod).norm() / h_mod.norm() < 1e-2
+    model = bundled_llm.engine.runner.model
+    with torch.inference_mode():
+        top_mod = model.compute_logits(h_mod).argmax(-1)
+        top_fused = model.compute_logits(h_fused).argmax(-1)
+    assert torch.equal(top_fused, top_mod)
+
+
+def _linears(llm: LLM) -> list:
+    return [
+        getattr(layer, name + "_proj")
+        for layer in llm.engine.runner.model.layers
+        for name in ("qkv", "o", "gate_up", "down")
+    ]
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_biased_qkv_models_match_the_module_path(qwen_folder, quantization):
+    llm = LLM(
+        str(qwen_folder), quantization=quantization, enable_prefix_caching=False,
+        num_kv_blocks=64, block_size=16,
+    )  # fmt: skip
+    module, fused, calls = _decode_both_ways(llm, [3, 33, 17])
+    assert calls > 0
+    _assert_same_step(module, fused)
+
+
+def test_greedy_generation_is_unchanged_and_prompt_steps_take_the_module_path(bundled_llm):
+    model = bundled_llm.engine.runner.model
+    prompts = [{"prompt_token_ids": list(range(1000, 1000 + n))} for n in (60, 9, 25)]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+    def run(enabled: bool) -> list[list[int]]:
+        model.fused_decode_enabled = enabled
+        try:
+            outs = bundled_llm.generate(prompts, params, use_tqdm=False)
+        finally:
+            model.fused_decode_enabled = True
+        return [o.outputs[0].token_ids for o in outs]
+
+    module = run(False)
+    previous = model._fused[1] if model._fused else None
+    before = previous.num_calls if previous else 0
+    fused = run(True)
+    current = model._fused[1]
+    calls = current.num_calls - (before if current is previous else 0)
+    assert fused == module
+    # Three prompts prefilled in one step, then decode steps only: 23 of them, each fused.
+    assert calls == 23, calls
+
+
+def test_float_models_keep_the_module_path(tiny_folder):
+    llm = LLM(str(tiny_folder), quantization="none", enable_prefix_caching=False)
+    llm.generate([{"prompt_token_ids": [5, 6, 7]}], SamplingParams(max_tokens=4), use_tqdm=False)
+    assert llm.engine.runner.model._fused is None
