@@ -34,6 +34,11 @@ def load_library() -> ctypes.CDLL | None:
         ptr, i64,  # out, row stride
     ]  # fmt: skip
     lib.triode_quant_matmul.restype = cint
+    # Same signature, int8 activations (quant_q8a.h); the float kernel where it cannot run.
+    lib.triode_quant_matmul_q8a.argtypes = lib.triode_quant_matmul.argtypes
+    lib.triode_quant_matmul_q8a.restype = cint
+    lib.triode_quant_q8a_is_native.argtypes = []
+    lib.triode_quant_q8a_is_native.restype = cint
     lib.triode_quant_dequant_bf16.argtypes = [
         ptr, cint, ptr, ptr, cint, cint, i64, i64,  # weight as above
         i64, i64, ptr, i64,  # column range, out, row stride
@@ -44,6 +49,18 @@ def load_library() -> ctypes.CDLL | None:
 
 def is_available() -> bool:
     return load_library() is not None
+
+
+def has_int8_kernel() -> bool:
+    """Whether `quant_matmul(..., int8_activations=True)` runs on integer dot products here
+    (AVX512-VNNI and VBMI); elsewhere it is the float32 kernel."""
+    lib = load_library()
+    return lib is not None and bool(lib.triode_quant_q8a_is_native())
+
+
+def supports_int8(w: QuantWeight) -> bool:
+    """Whether the int8-activation kernel takes this weight (groups of whole 16s)."""
+    return w.group_size % 16 == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,23 +154,39 @@ def weight_args(w: QuantWeight) -> tuple:
     )
 
 
+def direct_kernel(int8_activations: bool = False):
+    """The C entry point of the direct kernel: float32 activations, or int8 ones (quant_q8a.h)."""
+    lib = load_library()
+    if lib is None:
+        raise RuntimeError("the CPU quantized matmul is not available (no C compiler?)")
+    return lib.triode_quant_matmul_q8a if int8_activations else lib.triode_quant_matmul
+
+
 class PreparedMatmul:
     """The kernel call for one weight with its arguments converted once (a decode step calls
     every linear once per layer: per-call Python work is worth trimming). `fn` is a C entry
-    point with the quantized matmul's signature (default: the direct kernel)."""
+    point with the quantized matmul's signature (default: the direct kernel).
+
+    C callers (a fused decode step) call `fn_address` as
+    `int fn(x, ldx, M, *weight_args, out, ldo)` with triode_quant_matmul's signature."""
 
     __slots__ = ("_args", "_fn", "_name", "in_features", "out_features")
 
     def __init__(self, w: QuantWeight, fn=None, name: str = "quantized matmul") -> None:
-        if fn is None:
-            lib = load_library()
-            if lib is None:
-                raise RuntimeError("the CPU quantized matmul is not available (no C compiler?)")
-            fn = lib.triode_quant_matmul
-        self._fn = fn
+        self._fn = direct_kernel() if fn is None else fn
         self._name = name
         self._args = weight_args(w)
         self.in_features, self.out_features = w.in_features, w.out_features
+
+    @property
+    def fn_address(self) -> int:
+        """The C entry point's address."""
+        return ctypes.cast(self._fn, ctypes.c_void_p).value or 0
+
+    @property
+    def weight_args(self) -> tuple:
+        """(codes, bits, scales, offsets, half, group, N, K): pointers as ints (None: NULL)."""
+        return self._args
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor) -> None:
         """out[:, :N] = x @ W^T; x float32 [M, K] with unit column stride, out float32 rows."""
@@ -164,11 +197,15 @@ class PreparedMatmul:
             raise RuntimeError(f"{self._name} failed (code {rc})")
 
 
-def quant_matmul(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] float32 @ W^T -> [M, N] float32."""
-    lib = load_library()
-    if lib is None:
-        raise RuntimeError("the CPU quantized matmul is not available (no C compiler?)")
+def quant_matmul(
+    x: torch.Tensor,
+    w: QuantWeight,
+    out: torch.Tensor | None = None,
+    int8_activations: bool = False,
+) -> torch.Tensor:
+    """x [M, K] float32 @ W^T -> [M, N] float32 (x rounded to int8 per row and group first
+    with `int8_activations`, where `has_int8_kernel()`)."""
+    fn = direct_kernel(int8_activations)
     if x.dtype != torch.float32 or x.dim() != 2 or x.shape[1] != w.in_features:
         raise ValueError(f"x must be float32 [M, {w.in_features}], got {x.dtype} {tuple(x.shape)}")
     if x.stride(1) != 1:
@@ -176,9 +213,7 @@ def quant_matmul(x: torch.Tensor, w: QuantWeight, out: torch.Tensor | None = Non
     m = x.shape[0]
     if out is None:
         out = torch.empty(m, w.out_features)
-    rc = lib.triode_quant_matmul(
-        x.data_ptr(), x.stride(0), m, *weight_args(w), out.data_ptr(), out.stride(0)
-    )
+    rc = fn(x.data_ptr(), x.stride(0), m, *weight_args(w), out.data_ptr(), out.stride(0))
     if rc != 0:
         raise RuntimeError(f"quantized matmul failed (code {rc})")
     return out

@@ -1,7 +1,14 @@
-"""Choose, per weight shape, up to how many rows the direct quantized kernel beats the bf16
-path for big steps (AMX tiles, or the dense GEMM), by timing both at engine start on this
-machine. Steps of up to MIN_DIRECT_ROWS rows always go direct: a decode step of a few streams
-keeps float32 activations, so greedy tokens match the float model's as closely as they can.
+"""Choose, per weight shape, which direct quantized kernel small steps run (float32
+activations, or int8 ones on integer dot products where the CPU has AVX512-VNNI) and up to how
+many rows it beats the bf16 path for big steps (AMX tiles, or the dense GEMM), by timing them at
+engine start on this machine. Steps of up to MIN_DIRECT_ROWS rows always go direct.
+
+NOTE: the int8 kernel is chosen only where it is faster at 1 and MIN_DIRECT_ROWS rows (decode
+steps). It rounds each row's activations to int8 per group of 32, as llama.cpp does; the
+accuracy test (tests/engine/quant/test_accuracy.py) holds it to the issue's bars against the
+float model. A fixed switch-over (`fixed_rows`, EngineConfig.quant_direct_max_rows) skips the
+timing and keeps float32 activations: greedy tokens then match the float model's as closely as
+they can.
 
 NOTE: the crossover depends on the CPU far more than on the model: with AMX (Sapphire Rapids
 and later) a bf16 GEMM is several times faster than AVX512 float32 FMAs from about 8 rows on;
@@ -37,6 +44,7 @@ from triode.engine.quant.linear import QuantLinear
 logger = logging.getLogger(__name__)
 
 CACHE_FILE = "quant-calibration.json"
+INT8_SUFFIX = " int8"  # the cache's entry for a shape's direct kernel choice (0 or 1)
 BUSY_CORES = 0.5
 
 ROW_COUNTS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -57,7 +65,8 @@ def _best_time(fn, repeats: int = _REPEATS) -> float:
 def calibrate(
     model: nn.Module, fixed_rows: int | None = None, cache: Path | None = None
 ) -> dict[tuple, int]:
-    """Set `max_direct_rows` on every QuantLinear of `model`; returns it per shape key.
+    """Set `max_direct_rows` and `int8_activations` on every QuantLinear of `model`; returns
+    the rows per shape key.
 
     `fixed_rows` skips the measurement (tests, and users who know their machine); `cache` is
     the file where measurements are kept between starts (None: always measure).
@@ -72,13 +81,24 @@ def calibrate(
     chosen: dict[tuple, int] = {}
     measured: dict[str, int] = {}
     mark = load_mark()
+    int8_chosen: dict[tuple, bool] = {}
     for key, members in groups.items():
-        rows = fixed_rows if fixed_rows is not None else known.get(repr(key))
-        if rows is None:
-            rows = measured[repr(key)] = _crossover(members)
+        if fixed_rows is not None:
+            rows, int8 = fixed_rows, False
+        else:
+            rows, cached_int8 = known.get(repr(key)), known.get(repr(key) + INT8_SUFFIX)
+            int8 = bool(cached_int8) and members[0].has_int8
+            if rows is None or cached_int8 is None:
+                int8 = _prefers_int8(members)
+                for module in members:
+                    module.int8_activations = int8
+                rows = measured[repr(key)] = _crossover(members)
+                measured[repr(key) + INT8_SUFFIX] = int(int8)
         for module in members:
             module.max_direct_rows = rows
+            module.int8_activations = int8
         chosen[key] = rows
+        int8_chosen[key] = int8
     if measured and cache is not None:
         others = others_cores_since(mark)
         if others is not None and others > BUSY_CORES:
@@ -91,9 +111,15 @@ def calibrate(
             _write(cache, machine, measured)
     if fixed_rows is None and chosen:
         logger.info(
-            "quantized kernels (%s): direct up to %s rows (per shape), bf16 above",
+            "quantized kernels (%s): direct up to %s rows (per shape: K, N, rows, int8 "
+            "activations), bf16 above",
             "measured" if measured else f"measured before, {cache}",
-            sorted({(m[0].in_features, m[0].out_features, chosen[k]) for k, m in groups.items()}),
+            sorted(
+                {
+                    (m[0].in_features, m[0].out_features, chosen[k], int8_chosen[k])
+                    for k, m in groups.items()
+                }
+            ),
         )
     return chosen
 
@@ -157,6 +183,26 @@ def _write(path: Path, machine: str, measured: dict[str, int]) -> None:
         logger.warning("could not cache the calibration at %s: %s", path, exc)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _prefers_int8(members: list[QuantLinear]) -> bool:
+    """Whether the int8-activation kernel beats the float32 one at 1 and MIN_DIRECT_ROWS rows."""
+    if not members[0].has_int8:
+        return False
+    k = members[0].in_features
+    for rows in (1, MIN_DIRECT_ROWS):
+        x = torch.randn(rows, k)
+        members[0].forward_direct_int8(x)
+        members[0].forward_direct_float(x)
+        int8 = floats = float("inf")
+        for _ in range(_REPEATS):  # interleaved, so a burst of load hits both alike
+            int8 = min(int8, _best_time(lambda x=x: [m.forward_direct_int8(x) for m in members], 1))
+            floats = min(
+                floats, _best_time(lambda x=x: [m.forward_direct_float(x) for m in members], 1)
+            )
+        if int8 >= floats:
+            return False
+    return True
 
 
 def _crossover(members: list[QuantLinear]) -> int:

@@ -1,7 +1,10 @@
 """Linear layers and the embedding over quantized weights (CPU), with the kernel chosen per call.
 
 A step that carries few rows (decode of a few sequences) runs the quantized matmul directly: it
-reads each weight once as 4 or 8 bits and keeps float32 activations. A step with many rows
+reads each weight once as 4 or 8 bits, with float32 activations, or, where the CPU has
+AVX512-VNNI and calibration found it faster, with each row's activations rounded to int8 per
+group (integer dot products, as llama.cpp's Q8 activations; `int8_activations`). Either way a
+row's result never depends on the other rows of the step. A step with many rows
 (prompt chunks, big decode batches) is compute-bound instead and runs in bf16: where the CPU
 has AMX, the tile kernel (kernels.cpu_quant_tiles) de-quantizes 64 columns at a time into a
 cache-resident panel and multiplies on AMX tiles; elsewhere the weights are de-quantized into a
@@ -22,7 +25,15 @@ from torch import nn
 
 from triode.engine.quant.info import WeightSummary, summarise
 from triode.kernels import cpu_quant_tiles
-from triode.kernels.cpu_quant import PreparedMatmul, QuantWeight, dequantize_bf16, rows
+from triode.kernels.cpu_quant import (
+    PreparedMatmul,
+    QuantWeight,
+    dequantize_bf16,
+    direct_kernel,
+    has_int8_kernel,
+    rows,
+    supports_int8,
+)
 from triode.kernels.cpu_quant_tiles import PreparedTileMatmul
 
 Part = QuantWeight | torch.Tensor  # a float part is a plain [N, K] matrix
@@ -65,11 +76,23 @@ class QuantLinear(nn.Module):
         # Rows up to which the direct quantized kernel is used (set by calibration).
         self.max_direct_rows = 8
         self._chunks = _column_chunks(parts, self.starts, MAX_SCRATCH_COLUMNS)
-        self._direct = [
+        self._direct_float = [
             (PreparedMatmul(p) if isinstance(p, QuantWeight) else p, start)
             for p, start in zip(parts, self.starts)
         ]
         quantized = [p for p in parts if isinstance(p, QuantWeight)]
+        # The int8-activation kernel, where this CPU runs it natively (else None).
+        self.has_int8 = has_int8_kernel() and all(supports_int8(p) for p in quantized)
+        self._direct_int8 = (
+            [
+                (PreparedMatmul(p, direct_kernel(True)) if isinstance(p, QuantWeight) else p, start)
+                for p, start in zip(parts, self.starts)
+            ]
+            if self.has_int8
+            else None
+        )
+        # Float32 activations until calibration chooses (engine.quant.calibrate).
+        self._direct = self._direct_float
         # Big steps on AMX tiles where every quantized part fits them (else the dense GEMM).
         self.has_tiles = cpu_quant_tiles.is_available() and all(
             cpu_quant_tiles.supports(p) for p in quantized
@@ -82,6 +105,23 @@ class QuantLinear(nn.Module):
             if self.has_tiles
             else []
         )
+
+    @property
+    def int8_activations(self) -> bool:
+        """Whether the direct kernel rounds activations to int8 (see the module docstring)."""
+        return self._direct is self._direct_int8
+
+    @int8_activations.setter
+    def int8_activations(self, value: bool) -> None:
+        if value and self._direct_int8 is None:
+            raise ValueError("this CPU or weight has no int8-activation kernel")
+        self._direct = self._direct_int8 if value else self._direct_float  # type: ignore[assignment]
+
+    @property
+    def direct_calls(self) -> list[tuple[PreparedMatmul | torch.Tensor, int]]:
+        """The small-step path per part: (prepared C call, or a float [N, K] matrix; first
+        output column). A C caller reads `fn_address` and `weight_args` of each call."""
+        return list(self._direct)
 
     def weight_summaries(self) -> list[WeightSummary]:
         bias = [] if self.bias is None else [self.bias]
@@ -102,8 +142,18 @@ class QuantLinear(nn.Module):
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
     def forward_direct(self, x: torch.Tensor) -> torch.Tensor:
-        """The quantized kernel: float32 activations, weights read once per call."""
+        """The quantized kernel chosen for small steps, weights read once per call."""
         return _run_parts(self._direct, x, self.in_features, self.out_features)
+
+    def forward_direct_float(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized kernel on float32 activations."""
+        return _run_parts(self._direct_float, x, self.in_features, self.out_features)
+
+    def forward_direct_int8(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantized kernel on int8 activations (integer dot products)."""
+        if self._direct_int8 is None:
+            raise RuntimeError("this CPU or weight has no int8-activation kernel")
+        return _run_parts(self._direct_int8, x, self.in_features, self.out_features)
 
     def forward_bf16(self, x: torch.Tensor) -> torch.Tensor:
         """The path for big steps: AMX tiles where available, else the dense bf16 GEMM."""

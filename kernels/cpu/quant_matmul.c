@@ -18,6 +18,7 @@
  * the same order, so a row's result never depends on how many rows share the call.
  */
 #include "quant_blocks.h"
+#include "quant_q8a.h"
 
 #define MAX_ROWS 4   /* rows per call of the few-rows path (codes unpacked in registers) */
 #define ROW_TILE 6   /* rows per register tile of the many-rows path */
@@ -249,6 +250,59 @@ int triode_quant_matmul(const float *x, int64_t ldx, int64_t M, const uint8_t *c
     free(sums);
     return 0;
 }
+
+/*
+ * triode_quant_matmul's call on integer dot products (quant_q8a.h): the same arguments and
+ * weights, a different rounding (each row's activations to two int8 digits per group of the
+ * weights' groups, about 15 bits). Where the CPU lacks AVX512-VNNI/VBMI, or the groups are not whole
+ * multiples of 16, it is triode_quant_matmul itself (float32 activations).
+ */
+int triode_quant_matmul_q8a(const float *x, int64_t ldx, int64_t M, const uint8_t *codes,
+                            int bits, const void *scales, const void *offsets, int half,
+                            int group, int64_t N, int64_t K, float *out, int64_t ldo) {
+#if TRIODE_HAS_Q8A
+    const int64_t n_blocks = (N + BLOCK_N - 1) / BLOCK_N;
+    const weight_t w = {codes, scales, offsets, bits, half, group, N, K, n_blocks * BLOCK_N};
+    if (check(&w) || M <= 0) return -1;
+    if (group % 16 == 0) {
+        const int64_t groups = K / group;
+        char *mem = (char *)malloc((size_t)(2 * M * K + 3 * 4 * M * groups));
+        if (!mem) return -2;
+        int8_t *digits = (int8_t *)(mem + 12 * M * groups);
+        const q8a_acts_t acts = {digits, digits + M * K, (float *)mem, (float *)mem + M * groups,
+                                 (int32_t *)mem + 2 * M * groups};
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t g = 0; g < groups; g++) {
+                const int64_t at = m * K + g * group, rg = m * groups + g;
+                q8a_quantize_group(x + m * ldx + g * group, group, acts.hi + at, acts.lo + at,
+                                   acts.d + rg, acts.sx + rg, acts.sq + rg);
+            }
+        const int64_t row_chunks = (M + Q8A_ROWS - 1) / Q8A_ROWS;
+#pragma omp parallel for schedule(static) collapse(2)
+        for (int64_t b = 0; b < n_blocks; b++) {
+            for (int64_t rc = 0; rc < row_chunks; rc++) {
+                float acc[Q8A_ROWS * BLOCK_N];
+                const int64_t m0 = rc * Q8A_ROWS;
+                const int R = (int)(M - m0 < Q8A_ROWS ? M - m0 : Q8A_ROWS);
+                const q8a_acts_t a = {acts.hi + m0 * K, acts.lo + m0 * K, acts.d + m0 * groups,
+                                      acts.sx + m0 * groups, acts.sq + m0 * groups};
+                q8a_block_rows(R, &a, &w, b, acc);
+                const int64_t n0 = b * BLOCK_N;
+                const int64_t width = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
+                for (int r = 0; r < R; r++)
+                    memcpy(out + (m0 + r) * ldo + n0, acc + r * BLOCK_N, sizeof(float) * width);
+            }
+        }
+        free(mem);
+        return 0;
+    }
+#endif
+    return triode_quant_matmul(x, ldx, M, codes, bits, scales, offsets, half, group, N, K, out,
+                               ldo);
+}
+
+/* 1 where triode_quant_matmul_q8a runs on integer dot products (else it is the float kernel). */
+int triode_quant_q8a_is_native(void) { return TRIODE_HAS_Q8A; }
 
 /*
  * W^T as bf16, k-major: out[k * ldo + (n - n_start)] for n in [n_start, n_end), n_start a

@@ -4,6 +4,7 @@ the token that follows it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,13 +43,20 @@ def score_transformers(folder: Path, ids: list[int]) -> tuple[torch.Tensor, torc
 
 @torch.inference_mode()
 def score_engine(
-    folder: Path, ids: list[int], chunk: int, **options
+    folder: Path,
+    ids: list[int],
+    chunk: int,
+    prepare: Callable[[ModelRunner], None] | None = None,
+    **options,
 ) -> tuple[torch.Tensor, torch.Tensor, ModelRunner]:
-    """Run the text through the engine's model `chunk` tokens per step."""
+    """Run the text through the engine's model `chunk` tokens per step (`prepare` may set the
+    loaded model's kernels first)."""
     block_size = 16
     num_blocks = -(-len(ids) // block_size)
     config = EngineConfig(block_size=block_size, num_kv_blocks=num_blocks, **options)
     runner = ModelRunner(config, folder)
+    if prepare is not None:
+        prepare(runner)
     blocks = list(range(num_blocks))
     targets = torch.tensor(ids[1:] + [0])
     tops, logprobs = [], []

@@ -4,6 +4,7 @@ chunks; the kernel is chosen per call by the number of rows; calibration sets th
 
 from __future__ import annotations
 
+import ctypes
 import json
 
 import pytest
@@ -86,7 +87,7 @@ def test_calibration_is_cached_per_machine(tmp_path, monkeypatch):
     kept."""
     import triode.engine.quant.calibrate as calibration
 
-    real_crossover = calibration._crossover
+    real_crossover, real_prefers_int8 = calibration._crossover, calibration._prefers_int8
     parts, _ = parts_and_dense()
     model = torch.nn.ModuleList([QuantLinear(parts, None, Scratch()) for _ in range(2)])
     cache = tmp_path / "cache" / calibration.CACHE_FILE
@@ -98,12 +99,22 @@ def test_calibration_is_cached_per_machine(tmp_path, monkeypatch):
     measured = calibrate(model, cache=cache)
     saved = json.loads(cache.read_text())
     key = calibration.machine_key()
-    assert saved == {key: {repr(k): v for k, v in measured.items()}}
-    saved[key] = {k: 1234 for k in saved[key]}  # what a later start finds
+    int8 = int(model[0].int8_activations)
+    suffix = calibration.INT8_SUFFIX
+    want = {
+        **{repr(k): v for k, v in measured.items()},
+        **{repr(k) + suffix: int8 for k in measured},
+    }
+    assert saved == {key: want}
+    # what a later start finds: the other direct kernel where there is a choice
+    saved[key] = {k: (1 - int8 if k.endswith(suffix) else 1234) for k in saved[key]}
     cache.write_text(json.dumps(saved))
     monkeypatch.setattr(calibration, "_crossover", lambda members: pytest.fail("re-measured"))
+    monkeypatch.setattr(calibration, "_prefers_int8", lambda members: pytest.fail("re-measured"))
     assert set(calibrate(model, cache=cache).values()) == {1234}
     assert all(m.max_direct_rows == 1234 for m in model)
+    assert all(m.int8_activations == (m.has_int8 and not int8) for m in model)
+    monkeypatch.setattr(calibration, "_prefers_int8", real_prefers_int8)
     monkeypatch.setattr(calibration, "_crossover", real_crossover)
     threads = torch.get_num_threads()
     try:
@@ -155,3 +166,34 @@ def test_int8_keeps_4_and_8_bit_grids_exactly():
     packed8 = quantize_int8(grid8)
     assert packed8.offsets is None
     torch.testing.assert_close(cpu_quant.dequantize_reference(packed8), grid8, rtol=0, atol=1e-7)
+
+
+@pytest.mark.skipif(not cpu_quant.has_int8_kernel(), reason="no AVX512-VNNI/VBMI")
+def test_direct_kernel_on_int8_activations_and_its_c_calls():
+    """`int8_activations` switches the small-step path (quantized parts only; a float part
+    stays a float matrix); each part exposes its C entry point and weight arguments; a fixed
+    switch-over keeps float32 activations, a measured one keeps the faster kernel."""
+    import triode.engine.quant.calibrate as calibration
+
+    parts, _ = parts_and_dense()
+    layer = QuantLinear(parts, None, Scratch())
+    assert layer.has_int8 and not layer.int8_activations
+    x = torch.randn(3, K)
+    floats = layer(x)
+    layer.int8_activations = True
+    assert torch.equal(layer(x), layer.forward_direct_int8(x))
+    torch.testing.assert_close(layer(x), floats, rtol=1e-3, atol=1e-3)
+    assert not torch.equal(layer(x), floats)
+    lib = cpu_quant.load_library()
+    int8_fn = ctypes.cast(lib.triode_quant_matmul_q8a, ctypes.c_void_p).value
+    calls = layer.direct_calls
+    assert [call.fn_address for call, _ in calls[:2]] == [int8_fn, int8_fn]
+    assert calls[0][0].weight_args == cpu_quant.weight_args(parts[0])
+    assert [start for _, start in calls] == [0, 128, 228] and calls[2][0] is parts[2]
+    calibrate(torch.nn.ModuleList([layer]), fixed_rows=4)
+    assert not layer.int8_activations
+    for faster in (True, False):
+        times = iter([1.0, 2.0] * 6 if faster else [2.0, 1.0] * 6)  # int8 first, then float
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(calibration, "_best_time", lambda fn, repeats=1, t=times: (fn(), next(t))[1])
+            assert calibration._prefers_int8([layer]) is faster
