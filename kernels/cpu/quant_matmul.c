@@ -271,26 +271,31 @@ int triode_quant_matmul_q8a(const float *x, int64_t ldx, int64_t M, const uint8_
         int8_t *digits = (int8_t *)(mem + 12 * M * groups);
         const q8a_acts_t acts = {digits, digits + M * K, (float *)mem, (float *)mem + M * groups,
                                  (int32_t *)mem + 2 * M * groups};
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t g = 0; g < groups; g++) {
-                const int64_t at = m * K + g * group, rg = m * groups + g;
-                q8a_quantize_group(x + m * ldx + g * group, group, acts.hi + at, acts.lo + at,
-                                   acts.d + rg, acts.sx + rg, acts.sq + rg);
-            }
         const int64_t row_chunks = (M + Q8A_ROWS - 1) / Q8A_ROWS;
-#pragma omp parallel for schedule(static) collapse(2)
-        for (int64_t b = 0; b < n_blocks; b++) {
-            for (int64_t rc = 0; rc < row_chunks; rc++) {
-                float acc[Q8A_ROWS * BLOCK_N];
-                const int64_t m0 = rc * Q8A_ROWS;
-                const int R = (int)(M - m0 < Q8A_ROWS ? M - m0 : Q8A_ROWS);
-                const q8a_acts_t a = {acts.hi + m0 * K, acts.lo + m0 * K, acts.d + m0 * groups,
-                                      acts.sx + m0 * groups, acts.sq + m0 * groups};
-                q8a_block_rows(R, &a, &w, b, acc);
-                const int64_t n0 = b * BLOCK_N;
-                const int64_t width = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
-                for (int r = 0; r < R; r++)
-                    memcpy(out + (m0 + r) * ldo + n0, acc + r * BLOCK_N, sizeof(float) * width);
+#pragma omp parallel
+        {
+            /* The rounding shared out too (one fork: the loop's end is the barrier). */
+#pragma omp for schedule(static)
+            for (int64_t rg = 0; rg < M * groups; rg++) {
+                const int64_t m = rg / groups, g = rg % groups, at = m * K + g * group;
+                q8a_quantize_group(x + m * ldx + g * group, group, acts.hi + at, acts.lo + at,
+                                   acts.d + rg, offsets ? acts.sx + rg : NULL,
+                                   bits == 8 ? acts.sq + rg : NULL);
+            }
+#pragma omp for schedule(static) collapse(2)
+            for (int64_t b = 0; b < n_blocks; b++) {
+                for (int64_t rc = 0; rc < row_chunks; rc++) {
+                    float acc[Q8A_ROWS * BLOCK_N];
+                    const int64_t m0 = rc * Q8A_ROWS;
+                    const int R = (int)(M - m0 < Q8A_ROWS ? M - m0 : Q8A_ROWS);
+                    const q8a_acts_t a = {acts.hi + m0 * K, acts.lo + m0 * K, acts.d + m0 * groups,
+                                          acts.sx + m0 * groups, acts.sq + m0 * groups};
+                    q8a_block_rows(R, &a, &w, b, acc);
+                    const int64_t n0 = b * BLOCK_N;
+                    const int64_t width = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
+                    for (int r = 0; r < R; r++)
+                        memcpy(out + (m0 + r) * ldo + n0, acc + r * BLOCK_N, sizeof(float) * width);
+                }
             }
         }
         free(mem);

@@ -49,7 +49,7 @@ typedef struct {
     int32_t *sq;     /* [M, groups]: sums of 254 hi + lo (the 8-bit codes' +128) */
 } q8a_acts_t;
 
-/* One row's group of `group` (a multiple of 16) values. */
+/* One row's group of `group` (a multiple of 16) values; the sums only where asked for. */
 static inline void q8a_quantize_group(const float *restrict x, int group, int8_t *restrict hi,
                                       int8_t *restrict lo, float *d, float *sx, int32_t *sq) {
     __m512 amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
@@ -59,12 +59,12 @@ static inline void q8a_quantize_group(const float *restrict x, int group, int8_t
         sum = _mm512_add_ps(sum, v);
     }
     const float a = _mm512_reduce_max_ps(amax);
-    *sx = _mm512_reduce_add_ps(sum);
+    if (sx) *sx = _mm512_reduce_add_ps(sum);
     if (!(a > 0.0f)) { /* all zeros */
         memset(hi, 0, (size_t)group);
         memset(lo, 0, (size_t)group);
         *d = 0.0f;
-        *sq = 0;
+        if (sq) *sq = 0;
         return;
     }
     /* NOTE: rounded to nearest even, in this order: the tests redo exactly this in torch. */
@@ -74,12 +74,14 @@ static inline void q8a_quantize_group(const float *restrict x, int group, int8_t
         const __m512 t = _mm512_mul_ps(_mm512_loadu_ps(x + i), inv);
         const __m512i h = _mm512_cvtps_epi32(t);
         const __m512i l = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(t, _mm512_cvtepi32_ps(h)), digit));
-        s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_mullo_epi32(h, _mm512_set1_epi32(254)), l));
+        if (sq) /* 254 h + l */
+            s = _mm512_add_epi32(
+                s, _mm512_add_epi32(_mm512_sub_epi32(_mm512_slli_epi32(h, 8), _mm512_slli_epi32(h, 1)), l));
         _mm_storeu_si128((__m128i *)(hi + i), _mm512_cvtepi32_epi8(h));
         _mm_storeu_si128((__m128i *)(lo + i), _mm512_cvtepi32_epi8(l));
     }
     *d = a / (127.0f * 254.0f);
-    *sq = _mm512_reduce_add_epi32(s);
+    if (sq) *sq = _mm512_reduce_add_epi32(s);
 }
 
 /* Gather indices: byte 4i + t of the result takes k-row t's byte of column i (see above). */
