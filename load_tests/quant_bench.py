@@ -38,6 +38,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CONFIGS: dict[str, dict] = {
     "float32": {"quantization": "none", "dtype": "float32"},
     "gguf": {"quantization": "gguf"},
+    # A fixed switch-over keeps float32 activations on the direct kernel (engine.quant.calibrate):
+    # beside "gguf" it measures the integer dot-product kernel's gain where it is chosen.
+    "gguf-float-acts": {"quantization": "gguf", "quant_direct_max_rows": 16},
     "int8": {"quantization": "int8"},
     "int4": {"quantization": "int4"},
     "bf16": {"quantization": "none", "dtype": "bfloat16"},
