@@ -3,8 +3,9 @@ activations, or int8 ones on integer dot products where the CPU has AVX512-VNNI)
 many rows it beats the bf16 path for big steps (AMX tiles, or the dense GEMM), by timing them at
 engine start on this machine. Steps of up to MIN_DIRECT_ROWS rows always go direct.
 
-NOTE: the int8 kernel is chosen only where it is faster at 1 and MIN_DIRECT_ROWS rows (decode
-steps). It rounds each row's activations to int8 per group of 32, as llama.cpp does; the
+NOTE: the int8 kernel is chosen (where CHOOSE_INT8) only where it is faster at 1 and
+MIN_DIRECT_ROWS rows (decode steps). It rounds each row's activations to two int8 digits per
+group (~15 bits; one digit, as llama.cpp rounds, was too coarse for the bundled model); the
 accuracy test (tests/engine/quant/test_accuracy.py) holds it to the issue's bars against the
 float model. A fixed switch-over (`fixed_rows`, EngineConfig.quant_direct_max_rows) skips the
 timing and keeps float32 activations: greedy tokens then match the float model's as closely as
@@ -43,6 +44,11 @@ from triode.engine.quant.linear import QuantLinear
 
 logger = logging.getLogger(__name__)
 
+# NOTE: off for now: the fused decode step's test (tests/kernels/test_decode_step.py) holds
+# it to the module path within 1e-4, which 15-bit activations do not meet after 30 layers
+# (the two paths' float rounding moves a digit now and then: measured 8e-4 apart). With it on,
+# calibration picks the int8 kernel per shape where it is faster at 1 and 4 rows.
+CHOOSE_INT8 = False
 CACHE_FILE = "quant-calibration.json"
 INT8_SUFFIX = " int8"  # the cache's entry for a shape's direct kernel choice (0 or 1)
 BUSY_CORES = 0.5
@@ -87,7 +93,7 @@ def calibrate(
             rows, int8 = fixed_rows, False
         else:
             rows, cached_int8 = known.get(repr(key)), known.get(repr(key) + INT8_SUFFIX)
-            int8 = bool(cached_int8) and members[0].has_int8
+            int8 = CHOOSE_INT8 and bool(cached_int8) and members[0].has_int8
             if rows is None or cached_int8 is None:
                 int8 = _prefers_int8(members)
                 for module in members:
@@ -187,7 +193,7 @@ def _write(path: Path, machine: str, measured: dict[str, int]) -> None:
 
 def _prefers_int8(members: list[QuantLinear]) -> bool:
     """Whether the int8-activation kernel beats the float32 one at 1 and MIN_DIRECT_ROWS rows."""
-    if not members[0].has_int8:
+    if not (CHOOSE_INT8 and members[0].has_int8):
         return False
     k = members[0].in_features
     for rows in (1, MIN_DIRECT_ROWS):

@@ -93,6 +93,7 @@ def test_calibration_is_cached_per_machine(tmp_path, monkeypatch):
     cache = tmp_path / "cache" / calibration.CACHE_FILE
     quiet = {"value": 0.0}  # cores other processes used meanwhile (the suite may run beside)
     monkeypatch.setattr(calibration, "others_cores_since", lambda mark: quiet["value"])
+    monkeypatch.setattr(calibration, "CHOOSE_INT8", True)  # the choice is cached too
     quiet["value"] = 1.5  # a busy machine: applied, not cached
     assert calibrate(model, cache=cache) and not cache.exists()
     quiet["value"] = 0.0
@@ -195,5 +196,6 @@ def test_direct_kernel_on_int8_activations_and_its_c_calls():
     for faster in (True, False):
         times = iter([1.0, 2.0] * 6 if faster else [2.0, 1.0] * 6)  # int8 first, then float
         with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(calibration, "CHOOSE_INT8", True)
             mp.setattr(calibration, "_best_time", lambda fn, repeats=1, t=times: (fn(), next(t))[1])
             assert calibration._prefers_int8([layer]) is faster
