@@ -80,7 +80,7 @@ class FusedDecode:
                 linear = getattr(layer, name)
                 if not isinstance(linear, QuantLinear) or len(linear.parts) > MAX_PARTS:
                     return False
-                if not all(isinstance(part, PreparedMatmul) for part, _ in linear._direct):
+                if not all(isinstance(part, PreparedMatmul) for part, _ in linear.direct_calls):
                     return False  # a float part (a torch matmul)
         return True
 
@@ -139,16 +139,17 @@ class FusedDecode:
         return tensor.data_ptr()
 
     def _describe(self, desc: cpu_decode_step.Linear, linear: QuantLinear) -> None:
-        desc.num_parts = len(linear._direct)
+        calls = linear.direct_calls  # float32 or int8 activations, as calibration chose
+        desc.num_parts = len(calls)
         desc.in_features = linear.in_features
         desc.out_features = linear.out_features
         desc.bias = None if linear.bias is None else self._pointer(linear.bias)
         big = {start: part for part, start in linear._tiles}
-        for slot, (part, start) in zip(desc.parts, linear._direct):
-            args = part._args  # codes, bits, scales, offsets, half, group, N, K
-            slot.small = function_address(part._fn)
+        for slot, (part, start) in zip(desc.parts, calls):
+            args = part.weight_args  # codes, bits, scales, offsets, half, group, N, K
+            slot.small = part.fn_address
             tile = big.get(start)
-            slot.big = function_address(tile._fn) if tile is not None else None
+            slot.big = tile.fn_address if tile is not None else None
             slot.codes, slot.bits, slot.scales, slot.offsets = args[0], args[1], args[2], args[3]
             slot.half, slot.group, slot.N, slot.K = args[4], args[5], args[6], args[7]
             slot.column = start
