@@ -66,6 +66,14 @@ class EngineConfig:
     """Sequences in one batch, at most."""
     max_num_batched_tokens: int = 512
     """Tokens in one step (prompt chunks plus decode tokens), at most."""
+    prefill_tokens_per_request: float = 2.0
+    """While requests are decoding, a step carries at most this many prompt tokens per
+    unfinished request (running or waiting), and at least --min-prefill-tokens: a few new
+    prompts then barely lengthen the running streams' gaps between tokens, while a long queue
+    of prompts still fills --max-num-batched-tokens. 0: no cap (prompt chunks fill the step)."""
+    min_prefill_tokens: int = 32
+    """The prompt tokens a step may always carry beside decodes, whatever
+    --prefill-tokens-per-request gives."""
     max_model_len: int | None = None
     """Context length: prompt plus completion tokens (default: the model's, capped by the KV
     cache)."""
@@ -133,6 +141,12 @@ class EngineConfig:
             raise ValueError(
                 f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}"
             )
+        if not self.prefill_tokens_per_request >= 0:  # NOTE: `not >=` also rejects NaN
+            raise ValueError(
+                f"prefill_tokens_per_request must be >= 0, got {self.prefill_tokens_per_request}"
+            )
+        if self.min_prefill_tokens < 1:
+            raise ValueError(f"min_prefill_tokens must be >= 1, got {self.min_prefill_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.max_num_waiting < 1:

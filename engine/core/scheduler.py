@@ -4,9 +4,10 @@ There is no prefill or decode phase. Each request has `num_computed_tokens` and 
 each step the scheduler lets the computed count of as many requests as it can catch up toward
 the total under a token budget (`max_num_batched_tokens`) and `max_num_seqs`. Running requests
 go first (mostly one decode token each, or the next chunk of a long prompt), then waiting ones
-(prompt chunks, resumed preemptions), in priority order. When the KV pool runs dry the
-lowest-priority, latest request is preempted: its blocks go back to the pool (they stay in the
-prefix cache) and it is recomputed later.
+(prompt chunks, resumed preemptions), in priority order; while requests decode, the prompt
+tokens a step takes are capped (step_budget.py), so a step carrying decodes stays short.
+When the KV pool runs dry the lowest-priority, latest request is preempted: its blocks go back
+to the pool (they stay in the prefix cache) and it is recomputed later.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Protocol
 from triode.engine.config import EngineConfig
 from triode.engine.core.kv_cache_manager import KVCacheManager
 from triode.engine.core.request import Request, RequestStatus, sample_request_id
+from triode.engine.core.step_budget import QUEUE_DRAIN_STEPS, StepBudget, prefill_cap
 from triode.engine.sampling.sampling_params import SamplingParams
 from triode.engine.spec_decode.stats import SpecDecodeStats
 
@@ -165,16 +167,18 @@ class Scheduler:
 
     # ---- scheduling ------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
-        budget = self.config.max_num_batched_tokens
+        budget = self._step_budget()
         out = SchedulerOutput()
         scheduled_ids: set[str] = set()
         has_preempted = False
 
         i = 0
-        while i < len(self.running) and budget > 0:
+        while i < len(self.running) and budget.tokens > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            spec = self._take_spec_tokens(request, budget)
+            num_left = request.num_tokens - request.num_computed_tokens
+            is_prefill = num_left > 1
+            num_new = min(num_left, budget.prefill_room() if is_prefill else budget.tokens)
+            spec = self._take_spec_tokens(request, budget.tokens)
             num_new += len(spec)
             if num_new <= 0:
                 i += 1
@@ -183,7 +187,7 @@ class Scheduler:
                 victim = max(self.running, key=lambda r: (r.priority, r.arrival_time))
                 has_preempted = True
                 if victim.request_id in scheduled_ids:
-                    budget += self._unschedule(out, victim.request_id)
+                    budget.give_back(victim.request_id, self._unschedule(out, victim.request_id))
                     scheduled_ids.discard(victim.request_id)
                 victim_index = self.running.index(victim)
                 self._preempt(victim)
@@ -195,40 +199,68 @@ class Scheduler:
             else:
                 self._add_scheduled(out, request, num_new - len(spec), spec)
                 scheduled_ids.add(request.request_id)
-                budget -= num_new
+                budget.take(request.request_id, num_new, num_new if is_prefill else 0)
                 i += 1
                 continue
             break  # the request preempted itself: nothing after it can run either
 
         if not has_preempted:
-            budget = self._schedule_waiting(out, budget)
+            self._schedule_waiting(out, budget)
 
-        out.num_scheduled_tokens = self.config.max_num_batched_tokens - budget
+        out.num_scheduled_tokens = self.config.max_num_batched_tokens - budget.tokens
         out.blocks_to_copy = self.kv.take_pending_copies()
         out.finished_request_ids = self._finished_ids
         self._finished_ids = []
         return out
 
-    def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
+    def _step_budget(self) -> StepBudget:
+        """The step's token budget; while requests decode and the queue of prompts is short,
+        its prompt tokens are capped (step_budget.py says why and how), leaving room for
+        every decode."""
+        config = self.config
+        total = config.max_num_batched_tokens
+        if config.prefill_tokens_per_request <= 0:
+            return StepBudget(total)
+        num_decoding = 0
+        num_queued = 0  # prompt tokens still to compute (prefix-cache hits not yet known)
+        for request in self.running:
+            num_left = request.num_tokens - request.num_computed_tokens
+            if num_left == 1:
+                num_decoding += 1
+            else:
+                num_queued += num_left
+        enough = QUEUE_DRAIN_STEPS * total  # a queue this long lifts the cap: stop counting
+        for request in self.waiting_requests():
+            if num_queued >= enough:
+                break
+            num_queued += request.num_tokens - request.num_computed_tokens
+        cap = prefill_cap(
+            config.prefill_tokens_per_request,
+            config.min_prefill_tokens,
+            len(self.running) + self._num_waiting,
+            num_decoding,
+            num_queued,
+        )
+        if cap is not None:
+            cap = min(cap, max(total - num_decoding, 0))
+        return StepBudget(total, cap)
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: StepBudget) -> None:
         max_num_seqs = self.config.max_num_seqs
-        while budget > 0:
+        while budget.prefill_room() > 0:
             request = self._peek_waiting()
             if request is None:
                 break
             n = request.sampling_params.n if request.needs_fork else 1
             if len(self.running) + n > max_num_seqs and self.running:
-                freed = self._preempt_for(request, out)
-                if freed < 0:
+                if not self._preempt_for(request, out, budget):
                     break
-                budget += freed
                 continue
             computed_blocks, num_cached = self.kv.get_computed_blocks(request)
-            num_new = min(request.num_tokens - num_cached, budget)
+            num_new = min(request.num_tokens - num_cached, budget.prefill_room())
             if not self.kv.allocate_slots(request, num_new, computed_blocks):
-                freed = self._preempt_for(request, out)
-                if freed < 0:
+                if not self._preempt_for(request, out, budget):
                     break
-                budget += freed
                 continue
             self._pop_waiting()
             self.kv.record_prefix_lookup(request.num_tokens, num_cached)
@@ -239,25 +271,23 @@ class Scheduler:
             request.status = RequestStatus.RUNNING
             self.running.append(request)
             self._add_scheduled(out, request, num_new)
-            budget -= num_new
-        return budget
+            budget.take(request.request_id, num_new, num_new)
 
-    def _preempt_for(self, request: Request, out: SchedulerOutput) -> int:
+    def _preempt_for(self, request: Request, out: SchedulerOutput, budget: StepBudget) -> bool:
         """Make room for a waiting request by preempting a running one of strictly lower
-        priority (higher value; the latest among equals). Returns the step-budget tokens this
-        gave back (the victim may already have been scheduled this step), or -1 if no running
-        request ranks below the waiting one."""
+        priority (higher value; the latest among equals); the victim's share of this step,
+        if it had one, goes back to the budget. False if no running request ranks below the
+        waiting one."""
         if not self.running:
-            return -1
+            return False
         victim = max(self.running, key=lambda r: (r.priority, r.arrival_time))
         if victim.priority <= request.priority:
-            return -1
-        freed = 0
+            return False
         if any(item.request_id == victim.request_id for item in out.scheduled):
-            freed = self._unschedule(out, victim.request_id)
+            budget.give_back(victim.request_id, self._unschedule(out, victim.request_id))
         self._preempt(victim)
         out.preempted_request_ids.append(victim.request_id)
-        return freed
+        return True
 
     def _take_spec_tokens(self, request: Request, budget: int) -> list[int]:
         """The request's drafts this step can verify (consumed either way): only for a
