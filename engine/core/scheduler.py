@@ -214,9 +214,10 @@ class Scheduler:
         return out
 
     def _step_budget(self) -> StepBudget:
-        """The step's token budget; while requests decode and the queue of prompts is short,
-        its prompt tokens are capped (step_budget.py says why and how), leaving room for
-        every decode."""
+        """The step's token budget; while requests decode, its prompt tokens are capped
+        (step_budget.py says why and how). Decodes need no reserved room: running requests
+        go first, and none mid-prompt can be ahead of a decoding one (a request is admitted
+        only while the step has room left after every request before it)."""
         config = self.config
         total = config.max_num_batched_tokens
         if config.prefill_tokens_per_request <= 0:
@@ -241,8 +242,6 @@ class Scheduler:
             num_decoding,
             num_queued,
         )
-        if cap is not None:
-            cap = min(cap, max(total - num_decoding, 0))
         return StepBudget(total, cap)
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: StepBudget) -> None:
