@@ -8,18 +8,24 @@ equal-length requests finishes together and the clients send the next ones, one 
 their prompts is the longest gap those streams see (the fixed workload's ITL p99).
 
 NOTE (the cap chosen): while at least one request is decoding, a step takes at most
-`prefill_tokens_per_request` x (unfinished requests: running or waiting) prompt tokens, and at
-least `min_prefill_tokens`. The cap grows with the queue, so
+max(`min_prefill_tokens`, `prefill_tokens_per_request` x unfinished requests (running or
+waiting), queued prompt tokens / QUEUE_DRAIN_STEPS) prompt tokens. So
 - a few arrivals beside many streams are prefilled in small chunks over a few steps, each
-  step only a little slower than a decode-only one (16 requests, 4 per request: 64 tokens);
-- a long queue of prompts (128 requests at once) still gets the whole `max_num_batched_tokens`:
-  what those requests wait for is the prefill, and throttling it would delay more users than
-  it spares;
+  step only a little slower than a decode-only one (17 requests at 2 per request: 34 tokens,
+  a 100-token prompt in 3 steps of ~50 ms instead of one of ~90);
+- a long queue of prompts (128 requests at once) still gets the whole `max_num_batched_tokens`
+  (its tokens / 8 exceed it): what those requests wait for is the prefill, and throttling it
+  would delay more users than it spares; the same term spreads a clump of arrivals over at
+  most 8 steps, so their first tokens do not wait behind many small steps;
 - with no decode in the step the cap does not apply (nobody's next token waits for it).
-A cap in prompt tokens, not in time: a step carrying prompt chunks runs the general path,
-whose cost per token does not change when decode-only steps get a faster path of their own.
-The floor keeps a prompt's progress worth a step's fixed cost when very few requests run.
-Candidates measured against it are in BENCHMARKS.md.
+A cap in prompt tokens, not in time: a step carrying prompt chunks runs the general (module)
+path, whose cost per prompt token does not change when decode-only steps take the fused path;
+a token count keeps that step's length where it was measured. The floor keeps a chunk worth
+a step's fixed cost when very few requests run. Candidates measured against it (a flat cap
+per unfinished request alone, a lift while more requests wait than decode): BENCHMARKS.md.
+Prompts are still chunked, decodes still go first (running requests are scheduled before
+waiting ones, and none mid-prompt is ahead of a decoding one), priorities and preemption are
+unchanged; `prefill_tokens_per_request = 0` turns the cap off.
 """
 
 from __future__ import annotations
