@@ -8,7 +8,8 @@ a step (perf_counter before and after each call; every torch operation on the CP
 its work is done, so the wall time of a call is its cost): the quantized linears (on AMX tiles
 or the direct kernel), the LM head, the sampler, the KV-cache write, decode attention (the C
 kernel) and prompt attention (torch SDPA over the gathered context), RMSNorm, RoPE; "other" is
-the forward's remainder (embedding, SiLU-mul, residual adds, attention glue). Steps are also
+the forward's remainder (embedding, SiLU-mul, residual adds, attention glue). Decode-only steps
+that take the fused decode step (all layers in one C call) are one category of their own. Steps are also
 grouped by their decode rows and whether they carry prompt tokens. The timers cost a few
 percent; compare runs of this tool with each other, not with load_tests.offline.
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from triode.engine import LLM, SamplingParams
-    from triode.engine.models import llama
+    from triode.engine.models import fused_decode, llama
     from triode.engine.quant import linear as quant_linear
     from triode.kernels import backends, cpu_decode
     from triode.load_tests.offline import make_workload
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     timers.wrap(backends.TorchBackend, "write_kv_cache", "kv write")
     timers.wrap(cpu_decode, "paged_decode", "decode attention")
     timers.wrap(cpu_decode, "prefill_attention", "prompt attention")
+    # Decode-only steps may run every layer in one C call (engine.models.fused_decode): the
+    # parts above then see only the steps that carry prompt tokens.
+    timers.wrap(fused_decode.FusedDecode, "__call__", "fused decode steps")
 
     kwargs: dict = {}
     if args.num_threads:
