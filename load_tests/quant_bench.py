@@ -38,9 +38,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CONFIGS: dict[str, dict] = {
     "float32": {"quantization": "none", "dtype": "float32"},
     "gguf": {"quantization": "gguf"},
-    # A fixed switch-over keeps float32 activations on the direct kernel (engine.quant.calibrate):
-    # beside "gguf" it measures the integer dot-product kernel's gain where it is chosen.
-    "gguf-float-acts": {"quantization": "gguf", "quant_direct_max_rows": 16},
+    # The direct kernel on integer dot products (int8 activation digits) wherever this CPU has
+    # it, whatever calibration chose (engine.quant.calibrate.CHOOSE_INT8): --workload single.
+    "gguf-int8-acts": {"quantization": "gguf", "int8_activations": True},
     "int8": {"quantization": "int8"},
     "int4": {"quantization": "int4"},
     "bf16": {"quantization": "none", "dtype": "bfloat16"},
@@ -61,8 +61,16 @@ def single_stream(config: dict, threads: int, seed: int = 0) -> Row:
     """100-token prompt, 128 greedy tokens; wall-clock with prefill, and decode alone."""
     from triode.engine import LLM, SamplingParams
 
-    llm = LLM(**config, num_threads=threads, enable_prefix_caching=False, kv_cache_memory_gib=0.25)
+    options = dict(config)
+    int8_activations = options.pop("int8_activations", None)
+    llm = LLM(**options, num_threads=threads, enable_prefix_caching=False, kv_cache_memory_gib=0.25)
     engine = llm.engine
+    if int8_activations is not None:
+        from triode.engine.quant.linear import QuantLinear
+
+        for module in engine.runner.model.modules():
+            if isinstance(module, QuantLinear) and module.has_int8:
+                module.int8_activations = int8_activations
     rng = random.Random(seed)
     prompt = [rng.randrange(300, 49000) for _ in range(100)]
     params = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
@@ -359,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = single_stream(config, args.threads)
             elif workload == "rss":
                 row = server_rss(config, args.threads)
+            elif "int8_activations" in config:
+                raise SystemExit("the gguf-int8-acts configuration is for --workload single")
             else:
                 row = batched(workload, config, args.threads)
             rows.append(row)
