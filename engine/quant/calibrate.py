@@ -159,6 +159,7 @@ def machine_key() -> str:
         *(Path(lib._name).name if lib is not None else "-" for lib in libraries),
         repr(ROW_COUNTS),
         str(MIN_DIRECT_ROWS),
+        f"int8={CHOOSE_INT8}",  # a choice cached with it off must not stick once it is on
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
 
