@@ -81,6 +81,7 @@ class Model(ctypes.Structure):
         ("rope_sin", _ptr),
         ("final_norm", _ptr),
         ("attention", _ptr),
+        ("split_heads", _i64),
     ]
 
 

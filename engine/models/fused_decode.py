@@ -56,6 +56,7 @@ class FusedDecode:
             rope_sin=self._pointer(model.rope_sin),
             final_norm=self._pointer(model.norm.weight),
             attention=function_address(attention.triode_paged_decode_f32),
+            split_heads=1,
         )
         self.layers = (cpu_decode_step.Layer * cfg.num_layers)()
         for desc, layer, (k_cache, v_cache) in zip(self.layers, model.layers, kv_caches):

@@ -17,6 +17,7 @@
  * results agree to float rounding, not bit for bit (tests/kernels/test_decode_step.py).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,7 @@ typedef struct {
     double eps, scale;
     const float *rope_cos, *rope_sin, *final_norm;
     void *attention; /* attention_fn */
+    int64_t split_heads; /* fewer rows than threads: one attention call per (row, KV head) */
 } model_t;
 
 /* out[m, :] = x[m, :] W^T (+ bias), each part writing its own columns. */
@@ -114,6 +116,38 @@ static void rope_row(float *v, int64_t heads, int64_t D, const float *cos, const
 }
 
 /*
+ * Attention of the M rows' q (in `qkv`) over their contexts into `out` [M, q_size].
+ * The kernel gives each sequence to one thread; with fewer rows than threads (one stream's
+ * decode) it is called once per (row, KV head) instead, those calls spread over the threads
+ * (a KV head's query group is a kernel call of its own: q, the caches and `out` offset to that
+ * head, one KV head), so one sequence's context is read by every thread.
+ */
+static int attention(const model_t *m, const layer_t *layer, const float *qkv, int64_t qkv_width,
+                     const int32_t *tables, int64_t bt_stride, const int32_t *seq_lens, int64_t M,
+                     const int64_t *index, float *out) {
+    const attention_fn attend = (attention_fn)m->attention;
+    const int64_t D = m->head_dim, q_size = m->num_heads * D;
+    const int64_t group = m->num_heads / m->num_kv_heads;
+    if (!m->split_heads || M >= omp_get_max_threads() || m->num_kv_heads == 1)
+        return attend(qkv, qkv_width, D, layer->k_cache, layer->v_cache, m->stride_block,
+                      m->stride_pos, m->stride_head, tables, bt_stride, index, index, seq_lens,
+                      M, out, q_size, D, (int)m->num_heads, (int)m->num_kv_heads, (int)D,
+                      (int)m->block_size, (float)m->scale);
+    const int64_t items = M * m->num_kv_heads;
+    int rc = 0;
+#pragma omp parallel for schedule(dynamic, 1) reduction(| : rc)
+    for (int64_t i = 0; i < items; i++) {
+        const int64_t r = i / m->num_kv_heads, kh = i % m->num_kv_heads;
+        rc |= attend(qkv + r * qkv_width + kh * group * D, qkv_width, D,
+                     layer->k_cache + kh * m->stride_head, layer->v_cache + kh * m->stride_head,
+                     m->stride_block, m->stride_pos, m->stride_head, tables + r * bt_stride,
+                     bt_stride, index, index, seq_lens + r, 1, out + r * q_size + kh * group * D,
+                     q_size, D, (int)group, 1, (int)D, (int)m->block_size, (float)m->scale);
+    }
+    return rc;
+}
+
+/*
  * x [M, hidden]: the rows' embeddings in; the final-normed hidden states out.
  * positions/slots [M] int64 (slot < 0: do not write the cache), tables [M, bt_stride] int32,
  * seq_lens [M] int32 (context length including the new token). Returns 0, or the first
@@ -141,7 +175,6 @@ int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64
         goto done;
     }
     for (int64_t r = 0; r < M; r++) index[r] = r;
-    const attention_fn attend = (attention_fn)m->attention;
     const float eps = (float)m->eps;
 
     for (int64_t l = 0; l < m->num_layers; l++) {
@@ -162,10 +195,7 @@ int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64
                        sizeof(float) * D);
             }
         }
-        rc = attend(qkv, qkv_width, D, layer->k_cache, layer->v_cache, m->stride_block,
-                    m->stride_pos, m->stride_head, tables, bt_stride, index, index, seq_lens, M,
-                    attn, q_size, D, (int)m->num_heads, (int)m->num_kv_heads, (int)D,
-                    (int)m->block_size, (float)m->scale);
+        rc = attention(m, layer, qkv, qkv_width, tables, bt_stride, seq_lens, M, index, attn);
         if (rc) goto done;
         if ((rc = run_linear(&layer->o, attn, M, tmp))) goto done;
         for (int64_t i = 0; i < M * H; i++) x[i] = x[i] + tmp[i];
