@@ -24,6 +24,11 @@
 #define ROW_TILE 6   /* rows per register tile of the many-rows path */
 #define K_TILE 32    /* k's unpacked at once into the many-rows path's L1 buffer */
 #define ROW_CHUNK 64 /* rows per work item of the many-rows path */
+/* NOTE: the codes are read as one stream per thread; asking for each line this far ahead (the
+   hardware prefetcher alone stops at page ends and ramps up slowly) made a one-row decode step
+   of the bundled model 1.14-1.34x faster (4,096 bytes; 2,048-8,192 within noise of it; 2 cores,
+   BENCHMARKS.md issue 14). Prefetches never fault, so reading past the last block is harmless. */
+#define PREFETCH_BYTES 4096
 
 #if defined(__AVX512F__)
 /* One 64-column block, R rows of x (R <= MAX_ROWS, a constant after inlining). */
@@ -41,6 +46,7 @@ static inline __attribute__((always_inline)) void block_rows_avx512(
             for (int c = 0; c < 4; c++) gacc[r][c] = _mm512_setzero_ps();
         for (int k = g * w->group; k < (g + 1) * w->group; k++, p += bytes_per_k) {
             __m512 v[4];
+            if (!((uintptr_t)p & 63)) _mm_prefetch((const char *)p + PREFETCH_BYTES, _MM_HINT_T0);
             unpack_codes_avx512(p, w->bits, v);
             for (int r = 0; r < R; r++) {
                 const __m512 xv = _mm512_set1_ps(x[r * ldx + k]);
@@ -120,6 +126,7 @@ static void block_many_rows_avx512(int R, const float *restrict x, int64_t ldx,
             const int kn = (int)(k_end - k0 < K_TILE ? k_end - k0 : K_TILE);
             for (int k = 0; k < kn; k++, p += bytes_per_k) {
                 __m512 v[4];
+                if (!((uintptr_t)p & 63)) _mm_prefetch((const char *)p + PREFETCH_BYTES, _MM_HINT_T0);
                 unpack_codes_avx512(p, w->bits, v);
                 for (int c = 0; c < 4; c++) _mm512_storeu_ps(wbuf + k * BLOCK_N + 16 * c, v[c]);
             }
