@@ -41,6 +41,7 @@ CONFIGS: dict[str, dict] = {
     # The direct kernel on integer dot products (int8 activation digits) wherever this CPU has
     # it, whatever calibration chose (engine.quant.calibrate.CHOOSE_INT8): --workload single.
     "gguf-int8-acts": {"quantization": "gguf", "int8_activations": True},
+    "gguf-float-acts": {"quantization": "gguf", "int8_activations": False},
     "int8": {"quantization": "int8"},
     "int4": {"quantization": "int4"},
     "bf16": {"quantization": "none", "dtype": "bfloat16"},

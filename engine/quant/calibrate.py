@@ -44,12 +44,12 @@ from triode.engine.quant.linear import QuantLinear
 
 logger = logging.getLogger(__name__)
 
-# NOTE: with CHOOSE_INT8 the int8-activation kernel is chosen per shape where it is faster at
-# 1 row (measured: single stream 134-137 tok/s against 107-121 with float32 activations, greedy
-# tokens equal over 128; accuracy: 99.95% top-1 agreement, perplexity -0.004% over 2,048
-# tokens). Off until tests/kernels/test_decode_step.py's tiny biased-model test pins float32
-# activations as its bundled-model tests do: with int8 digits the fused and module paths
-# differ by a digit's size (~4e-4), over its 1e-4 tolerance.
+# NOTE: off. The int8-activation kernel won a one-row decode step before the direct kernels
+# prefetched their code streams (single stream 134-137 against 107-121 tok/s); after (4fecc28)
+# the float32 kernel is faster in a real step (quant_bench single, one run: 154.1/156.8 tok/s
+# float32 against 145.6/145.5 with calibration choosing int8; BENCHMARKS.md issue 14), though
+# int8 still wins the isolated per-call timing calibration runs. Accuracy with it: 99.95% top-1,
+# perplexity -0.004% over 2,048 tokens; the fused decode step's tests pin float32 activations.
 CHOOSE_INT8 = False
 INT8_SLACK = 1.1
 CACHE_FILE = "quant-calibration.json"
