@@ -159,13 +159,7 @@ def test_sixteen_rows_past_the_calibrated_rows_agree_with_the_module_path(bundle
     paths' float-rounding differences into bf16-sized ones after 30 layers: compare at that
     size, and the greedy choice of every row."""
     module, fused, _ = _decode_both_ways(bundled_llm, SIXTEEN)
-    (h_mod, _), (h_fused, _) = module, fused
-    assert (h_fused - h_mod).norm() / h_mod.norm() < 1e-2
-    model = bundled_llm.engine.runner.model
-    with torch.inference_mode():
-        top_mod = model.compute_logits(h_mod).argmax(-1)
-        top_fused = model.compute_logits(h_fused).argmax(-1)
-    assert torch.equal(top_fused, top_mod)
+    _assert_close_step(bundled_llm, module, fused, 1e-2)
 
 
 @pytest.mark.skipif(not cpu_quant.has_int8_kernel(), reason="no AVX512-VNNI")
@@ -179,9 +173,15 @@ def test_int8_activations_agree_with_the_module_path(bundled_llm):
     int8_kernel = function_address(cpu_quant.direct_kernel(int8_activations=True))
     description = bundled_llm.engine.runner.model._fused[1].layers
     assert all(getattr(d, n).parts[0].small == int8_kernel for d in description for n in NAMES)
+    _assert_close_step(bundled_llm, module, fused, 1e-3)
+
+
+def _assert_close_step(llm: LLM, module, fused, relative: float) -> None:
+    """Hidden states within `relative` (norm of the difference over the norm), and the same
+    greedy choice for every row."""
     (h_mod, _), (h_fused, _) = module, fused
-    assert (h_fused - h_mod).norm() / h_mod.norm() < 1e-3
-    model = bundled_llm.engine.runner.model
+    assert (h_fused - h_mod).norm() / h_mod.norm() < relative
+    model = llm.engine.runner.model
     with torch.inference_mode():
         top_mod = model.compute_logits(h_mod).argmax(-1)
         top_fused = model.compute_logits(h_fused).argmax(-1)
