@@ -30,6 +30,16 @@
    BENCHMARKS.md issue 14). Prefetches never fault, so reading past the last block is harmless. */
 #define PREFETCH_BYTES 4096
 
+/* Rows r < R of one 64-column block's results `acc` [R, 64] into out[r, 64b..] (the last block
+   may be narrower than 64 columns: N is not padded in `out`). */
+static inline void store_block(const float *acc, int R, int64_t b, int64_t N, float *out,
+                               int64_t ldo) {
+    const int64_t n0 = b * BLOCK_N;
+    const int64_t width = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
+    for (int r = 0; r < R; r++)
+        memcpy(out + r * ldo + n0, acc + r * BLOCK_N, sizeof(float) * width);
+}
+
 #if defined(__AVX512F__)
 /* One 64-column block, R rows of x (R <= MAX_ROWS, a constant after inlining). */
 static inline __attribute__((always_inline)) void block_rows_avx512(
@@ -230,10 +240,7 @@ int triode_quant_matmul(const float *x, int64_t ldx, int64_t M, const uint8_t *c
                 const int R = (int)(M - m0 < ROW_CHUNK ? M - m0 : ROW_CHUNK);
                 block_many_rows_avx512(R, x + m0 * ldx, ldx, &w, b,
                                        sums ? sums + m0 * groups : NULL, acc, gbuf, wbuf);
-                const int64_t n0 = b * BLOCK_N;
-                const int64_t width = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
-                for (int r = 0; r < R; r++)
-                    memcpy(out + (m0 + r) * ldo + n0, acc + r * BLOCK_N, sizeof(float) * width);
+                store_block(acc, R, b, N, out + m0 * ldo, ldo);
             }
         }
         free(sums);
@@ -248,10 +255,7 @@ int triode_quant_matmul(const float *x, int64_t ldx, int64_t M, const uint8_t *c
             const int64_t m0 = rc * MAX_ROWS;
             const int R = (int)(M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS);
             block_rows(R, x + m0 * ldx, ldx, &w, b, sums ? sums + m0 * groups : NULL, acc);
-            const int64_t n0 = b * BLOCK_N;
-            const int64_t width = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
-            for (int r = 0; r < R; r++)
-                memcpy(out + (m0 + r) * ldo + n0, acc + r * BLOCK_N, sizeof(float) * width);
+            store_block(acc, R, b, N, out + m0 * ldo, ldo);
         }
     }
     free(sums);
@@ -298,10 +302,7 @@ int triode_quant_matmul_q8a(const float *x, int64_t ldx, int64_t M, const uint8_
                     const q8a_acts_t a = {acts.hi + m0 * K, acts.lo + m0 * K, acts.d + m0 * groups,
                                           acts.sx + m0 * groups, acts.sq + m0 * groups};
                     q8a_block_rows(R, &a, &w, b, acc);
-                    const int64_t n0 = b * BLOCK_N;
-                    const int64_t width = N - n0 < BLOCK_N ? N - n0 : BLOCK_N;
-                    for (int r = 0; r < R; r++)
-                        memcpy(out + (m0 + r) * ldo + n0, acc + r * BLOCK_N, sizeof(float) * width);
+                    store_block(acc, R, b, N, out + m0 * ldo, ldo);
                 }
             }
         }
