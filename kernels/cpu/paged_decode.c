@@ -1,6 +1,9 @@
 /*
- * Paged attention for decode tokens on the CPU (float32), compiled at first use by
- * kernels/cpu_decode.py with the system C compiler and OpenMP.
+ * Paged attention for decode tokens on the CPU, compiled at first use by kernels/cpu_decode.py
+ * with the system C compiler and OpenMP. Three entry points, one per KV-cache element type:
+ * triode_paged_decode_f32, _bf16 and _f16 (bfloat16 / IEEE binary16 bits). q, out, the sums and
+ * the softmax are float32 in all three; a 16-bit cache value is widened to float32 as it is
+ * loaded, so a 16-bit cache halves the bytes read (the kernel waits on DRAM, see below).
  *
  * Why it exists: in pure torch every decode step must first gather each sequence's K/V out of
  * the paged cache into a padded tensor, then run attention over the copy, so the cache is read,
@@ -20,6 +23,11 @@
  * it read 12.7 GB/s on this 2-core Xeon; position-major with prefetch 18.4 GB/s (1.45x; 100
  * sequences of 200-700 positions x 30 layers; `sum` streams 25 GB/s), bit for bit the same sums.
  * Other shapes and CPUs take the plain loops below.
+ *
+ * The loops are written once over a `kind` (kv_kind): every entry point inlines them with its
+ * kind as a constant, so each gets its own straight-line copy (no per-load branch) and the
+ * float32 one is the same code, and the same numbers, as before the 16-bit kinds existed.
+ * Strides are in elements of the cache's type.
  */
 #include <math.h>
 #include <stdint.h>
@@ -28,16 +36,57 @@
 
 #define MAX_HEADS 128
 #define MAX_HEAD_DIM 256
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
 
-static inline float dot(const float *restrict a, const float *restrict b, int n) {
+/* The cache's element type. */
+enum kv_kind { KV_F32, KV_BF16, KV_F16 };
+
+ALWAYS_INLINE int64_t kv_bytes(int kind) { return kind == KV_F32 ? 4 : 2; }
+
+/* Element `index` (in elements of the cache's type) of a cache, as a byte pointer. */
+ALWAYS_INLINE const char *kv_at(const void *cache, int64_t index, int kind) {
+    return (const char *)cache + index * kv_bytes(kind);
+}
+
+/* IEEE binary16 -> float32, exactly (every half is a float): normals rebias the exponent,
+   subnormals are mantissa * 2^-24 (a normal float32), infinities and NaNs keep their bits. */
+ALWAYS_INLINE float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    uint32_t bits;
+    if (exponent == 0x1fu) {
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    } else {
+        const float magnitude = (float)mantissa * 0x1p-24f;
+        memcpy(&bits, &magnitude, sizeof bits);
+        bits |= sign;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Element i of the row at p, widened to float32. */
+ALWAYS_INLINE float kv_load1(const char *p, int64_t i, int kind) {
+    if (kind == KV_F32) return ((const float *)p)[i];
+    const uint16_t h = ((const uint16_t *)p)[i];
+    if (kind == KV_F16) return half_to_float(h);
+    const uint32_t bits = (uint32_t)h << 16; /* bfloat16 = the top half of a float32 */
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+ALWAYS_INLINE float dot(const float *restrict a, const char *restrict b, int n, int kind) {
     float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-    for (int i = 0; i < n; i++) acc += a[i] * b[i];
+    for (int i = 0; i < n; i++) acc += a[i] * kv_load1(b, i, kind);
     return acc;
 }
 
-static inline void prefetch_block(const float *p, int64_t bytes) {
-    const char *c = (const char *)p;
+static inline void prefetch_block(const char *c, int64_t bytes) {
     for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
 }
 
@@ -56,10 +105,35 @@ static void softmax_rows(float *scores, int rows, int64_t len) {
     }
 }
 
+/* The arguments of one call (the entry points' parameters; caches untyped, see `kind`). */
+typedef struct {
+    const float *q;
+    int64_t q_stride_t, q_stride_h;
+    const void *k_cache, *v_cache;
+    int64_t stride_block, stride_pos, stride_head;
+    const int32_t *block_tables;
+    int64_t bt_stride;
+    const int64_t *token_index, *seq_index;
+    const int32_t *seq_lens;
+    int64_t num_items;
+    float *out;
+    int64_t out_stride_t, out_stride_h;
+    int num_heads, num_kv_heads, head_dim, block_size;
+    float scale;
+} decode_args;
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #define HAVE_AVX512_PATH 1
 #define MAX_GROUP 8
+
+/* 16 elements of the row at p (in elements of the cache's type), widened to float32. */
+ALWAYS_INLINE __m512 kv_load16(const char *p, int64_t i, int kind) {
+    if (kind == KV_F32) return _mm512_loadu_ps((const float *)p + i);
+    const __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)p + i));
+    if (kind == KV_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 
 /* The 16 horizontal sums of v[0..15] as one vector (lane j = sum of v[j]'s lanes): a transpose
    tree of 15 adds and 30 shuffles instead of 16 separate horizontal reductions. */
@@ -81,54 +155,62 @@ static inline __m512 hsum16(const __m512 v[16]) {
                          _mm512_shuffle_f32x4(z0, z1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
-/* Prefetch (into L2) the `num_kv_heads` head rows of positions [p, p + n) of one cache, read
-   through the block table: issued PREFETCH_AHEAD positions before they are used, so the DRAM
-   latency of the next rows overlaps the arithmetic on the current ones. */
+/* Position p's row (every KV head) of a cache, read through the block table. */
+ALWAYS_INLINE const char *position_row(const decode_args *a, const void *cache,
+                                       const int32_t *table, int64_t p, int kind) {
+    return kv_at(cache,
+                 (int64_t)table[p / a->block_size] * a->stride_block +
+                     (p % a->block_size) * a->stride_pos,
+                 kind);
+}
+
+/* Prefetch (into L2) the rows of positions [p, p + n) of one cache: issued PREFETCH_AHEAD
+   positions before they are used, so the DRAM latency of the next rows overlaps the arithmetic
+   on the current ones. NOTE: the distance is in positions, so a 16-bit cache requests half the
+   bytes ahead (its rows are half as long) and keeps the same lead in time. */
 #define PREFETCH_AHEAD 32
-static inline void prefetch_positions(const float *cache, const int32_t *table,
-                                      int64_t stride_block, int64_t stride_pos, int block_size,
-                                      int64_t p, int64_t end, int64_t row_bytes) {
+ALWAYS_INLINE void prefetch_positions(const decode_args *a, const void *cache,
+                                      const int32_t *table, int64_t p, int64_t end, int kind) {
+    const int64_t row_bytes = (int64_t)a->num_kv_heads * a->stride_head * kv_bytes(kind);
     for (; p < end; p++) {
-        const char *row = (const char *)(cache + (int64_t)table[p / block_size] * stride_block +
-                                         (p % block_size) * stride_pos);
+        const char *row = position_row(a, cache, table, p, kind);
         for (int64_t off = 0; off < row_bytes; off += 64) _mm_prefetch(row + off, _MM_HINT_T1);
     }
+}
+
+/* Point rows[0..n) at positions [p0, p0 + n) and prefetch the 16 positions PREFETCH_AHEAD on. */
+ALWAYS_INLINE int next_rows(const decode_args *a, const void *cache, const int32_t *table,
+                            int64_t p0, int64_t len, const char *rows[16], int kind) {
+    const int n = (len - p0 < 16) ? (int)(len - p0) : 16;
+    const int64_t ahead = p0 + PREFETCH_AHEAD;
+    if (ahead < len)
+        prefetch_positions(a, cache, table, ahead, ahead + 16 < len ? ahead + 16 : len, kind);
+    for (int j = 0; j < n; j++) rows[j] = position_row(a, cache, table, p0 + j, kind);
+    return n;
 }
 
 /* scores[h * len + p] = scale * q_h . k_p for every query head h over positions [0, len), read
    through the block table 16 positions at a time, all KV heads of those positions together
    (the group of query heads of a KV head shares each K row); head_dim % 16 == 0. */
-static void scores_avx512(const float *q, int64_t q_stride_h, int num_kv_heads, int group,
-                          const float *k_cache, const int32_t *table, int64_t stride_block,
-                          int64_t stride_pos, int64_t stride_head, int block_size, int64_t len,
-                          int head_dim, float scale, float *scores) {
-    const __m512 vscale = _mm512_set1_ps(scale);
-    const int64_t row_bytes = (int64_t)num_kv_heads * stride_head * (int64_t)sizeof(float);
-    prefetch_positions(k_cache, table, stride_block, stride_pos, block_size, 0,
-                       len < PREFETCH_AHEAD ? len : PREFETCH_AHEAD, row_bytes);
+ALWAYS_INLINE void scores_avx512(const decode_args *a, const float *q, const int32_t *table,
+                                 int64_t len, float *scores, int kind) {
+    const int group = a->num_heads / a->num_kv_heads;
+    const __m512 vscale = _mm512_set1_ps(a->scale);
+    prefetch_positions(a, a->k_cache, table, 0, len < PREFETCH_AHEAD ? len : PREFETCH_AHEAD, kind);
     for (int64_t p0 = 0; p0 < len; p0 += 16) {
-        const int n = (len - p0 < 16) ? (int)(len - p0) : 16;
-        const int64_t ahead = p0 + PREFETCH_AHEAD;
-        if (ahead < len)
-            prefetch_positions(k_cache, table, stride_block, stride_pos, block_size, ahead,
-                               ahead + 16 < len ? ahead + 16 : len, row_bytes);
-        const float *rows[16];
-        for (int j = 0; j < n; j++) {
-            const int64_t p = p0 + j;
-            rows[j] = k_cache + (int64_t)table[p / block_size] * stride_block +
-                      (p % block_size) * stride_pos;
-        }
-        for (int kh = 0; kh < num_kv_heads; kh++) {
-            const int64_t off = (int64_t)kh * stride_head;
+        const char *rows[16];
+        const int n = next_rows(a, a->k_cache, table, p0, len, rows, kind);
+        for (int kh = 0; kh < a->num_kv_heads; kh++) {
+            const int64_t off = (int64_t)kh * a->stride_head;
             for (int g = 0; g < group; g++) {
                 const int h = kh * group + g;
-                const float *qg = q + h * q_stride_h;
+                const float *qg = q + h * a->q_stride_h;
                 __m512 acc[16];
                 for (int j = 0; j < 16; j++) acc[j] = _mm512_setzero_ps();
-                for (int d = 0; d < head_dim; d += 16) {
+                for (int d = 0; d < a->head_dim; d += 16) {
                     const __m512 qv = _mm512_loadu_ps(qg + d);
                     for (int j = 0; j < n; j++)
-                        acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows[j] + off + d), acc[j]);
+                        acc[j] = _mm512_fmadd_ps(qv, kv_load16(rows[j], off + d, kind), acc[j]);
                 }
                 const __mmask16 mask = (__mmask16)((1u << n) - 1u);
                 _mm512_mask_storeu_ps(scores + h * len + p0, mask,
@@ -141,60 +223,109 @@ static void scores_avx512(const float *q, int64_t q_stride_h, int num_kv_heads, 
 /* out_h = sum_p prob[h][p] * v_p for every head, 16 positions at a time (all KV heads of those
    positions together), 16 dims at a time with a group's accumulators in registers between
    chunks kept in `acc` [num_heads * head_dim]. */
-static void weighted_sum_avx512(const float *probs, int num_kv_heads, int group,
-                                const float *v_cache, const int32_t *table, int64_t stride_block,
-                                int64_t stride_pos, int64_t stride_head, int block_size,
-                                int64_t len, int head_dim, float *acc) {
-    const int64_t row_bytes = (int64_t)num_kv_heads * stride_head * (int64_t)sizeof(float);
-    memset(acc, 0, sizeof(float) * (size_t)(num_kv_heads * group * head_dim));
-    prefetch_positions(v_cache, table, stride_block, stride_pos, block_size, 0,
-                       len < PREFETCH_AHEAD ? len : PREFETCH_AHEAD, row_bytes);
+ALWAYS_INLINE void weighted_sum_avx512(const decode_args *a, const float *probs,
+                                       const int32_t *table, int64_t len, float *acc, int kind) {
+    const int group = a->num_heads / a->num_kv_heads, head_dim = a->head_dim;
+    memset(acc, 0, sizeof(float) * (size_t)(a->num_heads * head_dim));
+    prefetch_positions(a, a->v_cache, table, 0, len < PREFETCH_AHEAD ? len : PREFETCH_AHEAD, kind);
     for (int64_t p0 = 0; p0 < len; p0 += 16) {
-        const int n = (len - p0 < 16) ? (int)(len - p0) : 16;
-        const int64_t ahead = p0 + PREFETCH_AHEAD;
-        if (ahead < len)
-            prefetch_positions(v_cache, table, stride_block, stride_pos, block_size, ahead,
-                               ahead + 16 < len ? ahead + 16 : len, row_bytes);
-        const float *rows[16];
-        for (int j = 0; j < n; j++) {
-            const int64_t p = p0 + j;
-            rows[j] = v_cache + (int64_t)table[p / block_size] * stride_block +
-                      (p % block_size) * stride_pos;
-        }
-        for (int kh = 0; kh < num_kv_heads; kh++) {
-            const int64_t off = (int64_t)kh * stride_head;
+        const char *rows[16];
+        const int n = next_rows(a, a->v_cache, table, p0, len, rows, kind);
+        for (int kh = 0; kh < a->num_kv_heads; kh++) {
+            const int64_t off = (int64_t)kh * a->stride_head;
             const float *pr = probs + (int64_t)kh * group * len + p0;
-            float *a = acc + (int64_t)kh * group * head_dim;
+            float *ak = acc + (int64_t)kh * group * head_dim;
             for (int d = 0; d < head_dim; d += 16) {
                 __m512 r[MAX_GROUP];
-                for (int g = 0; g < group; g++) r[g] = _mm512_loadu_ps(a + g * head_dim + d);
+                for (int g = 0; g < group; g++) r[g] = _mm512_loadu_ps(ak + g * head_dim + d);
                 for (int j = 0; j < n; j++) {
-                    const __m512 v = _mm512_loadu_ps(rows[j] + off + d);
+                    const __m512 v = kv_load16(rows[j], off + d, kind);
                     for (int g = 0; g < group; g++)
                         r[g] = _mm512_fmadd_ps(_mm512_set1_ps(pr[g * len + j]), v, r[g]);
                 }
-                for (int g = 0; g < group; g++) _mm512_storeu_ps(a + g * head_dim + d, r[g]);
+                for (int g = 0; g < group; g++) _mm512_storeu_ps(ak + g * head_dim + d, r[g]);
             }
         }
     }
 }
 #endif
 
-int triode_paged_decode_f32(
-    const float *q, int64_t q_stride_t, int64_t q_stride_h,
-    const float *k_cache, const float *v_cache,
-    int64_t stride_block, int64_t stride_pos, int64_t stride_head,
-    const int32_t *block_tables, int64_t bt_stride,
-    const int64_t *token_index, const int64_t *seq_index, const int32_t *seq_lens,
-    int64_t num_items, float *out, int64_t out_stride_t, int64_t out_stride_h,
-    int num_heads, int num_kv_heads, int head_dim, int block_size, float scale)
-{
-    const int group = num_heads / num_kv_heads;
-    if (num_heads > MAX_HEADS || head_dim > MAX_HEAD_DIM || group * num_kv_heads != num_heads)
-        return -1;
+/* Work item i: token token_index[i]'s attention over sequence seq_index[i]'s context, with
+   `scores` (num_heads * len floats) and `acc` (num_heads * head_dim) as scratch. */
+ALWAYS_INLINE void decode_item(const decode_args *a, int64_t i, float *scores, float *acc,
+                               int kind) {
+    const int num_heads = a->num_heads, head_dim = a->head_dim, block_size = a->block_size;
+    const int group = num_heads / a->num_kv_heads;
+    const int64_t seq = a->seq_index[i], len = a->seq_lens[seq], t = a->token_index[i];
+    const float *qt = a->q + t * a->q_stride_t;
+    const int32_t *table = a->block_tables + seq * a->bt_stride;
+    float *out = a->out + t * a->out_stride_t;
+#ifdef HAVE_AVX512_PATH
+    if (head_dim % 16 == 0 && group <= MAX_GROUP) {
+        scores_avx512(a, qt, table, len, scores, kind);
+        softmax_rows(scores, num_heads, len);
+        weighted_sum_avx512(a, scores, table, len, acc, kind);
+        for (int h = 0; h < num_heads; h++)
+            memcpy(out + (int64_t)h * a->out_stride_h, acc + h * head_dim,
+                   sizeof(float) * head_dim);
+        return;
+    }
+#endif
     /* A block holds block_size positions x all KV heads, contiguous: prefetch it whole while
        the previous block is being used (DRAM latency, not bandwidth, is what hurts here). */
-    const int64_t block_bytes = (int64_t)block_size * stride_pos * (int64_t)sizeof(float);
+    const int64_t block_bytes = (int64_t)block_size * a->stride_pos * kv_bytes(kind);
+    const int64_t num_blocks = (len + block_size - 1) / block_size;
+    /* Pass 1: scores[h * len + p] = scale * q_h . k_p (head h reads KV head h / group) */
+    prefetch_block(kv_at(a->k_cache, (int64_t)table[0] * a->stride_block, kind), block_bytes);
+    for (int64_t b = 0; b < num_blocks; b++) {
+        if (b + 1 < num_blocks)
+            prefetch_block(kv_at(a->k_cache, (int64_t)table[b + 1] * a->stride_block, kind),
+                           block_bytes);
+        const int64_t base = (int64_t)table[b] * a->stride_block, start = b * block_size;
+        const int64_t n = (len - start < block_size) ? len - start : block_size;
+        for (int64_t j = 0; j < n; j++) {
+            for (int h = 0; h < num_heads; h++) {
+                const char *k =
+                    kv_at(a->k_cache, base + j * a->stride_pos + (h / group) * a->stride_head, kind);
+                scores[h * len + start + j] =
+                    a->scale * dot(qt + h * a->q_stride_h, k, head_dim, kind);
+            }
+        }
+    }
+    softmax_rows(scores, num_heads, len);
+    /* Pass 2: out_h = sum_p prob[h][p] * v_p */
+    memset(acc, 0, sizeof(float) * num_heads * head_dim);
+    prefetch_block(kv_at(a->v_cache, (int64_t)table[0] * a->stride_block, kind), block_bytes);
+    for (int64_t b = 0; b < num_blocks; b++) {
+        if (b + 1 < num_blocks)
+            prefetch_block(kv_at(a->v_cache, (int64_t)table[b + 1] * a->stride_block, kind),
+                           block_bytes);
+        const int64_t base = (int64_t)table[b] * a->stride_block, start = b * block_size;
+        const int64_t n = (len - start < block_size) ? len - start : block_size;
+        for (int64_t j = 0; j < n; j++) {
+            for (int h = 0; h < num_heads; h++) {
+                const char *v =
+                    kv_at(a->v_cache, base + j * a->stride_pos + (h / group) * a->stride_head, kind);
+                const float w = scores[h * len + start + j];
+                float *ah = acc + h * head_dim;
+#pragma omp simd
+                for (int d = 0; d < head_dim; d++) ah[d] += w * kv_load1(v, d, kind);
+            }
+        }
+    }
+    for (int h = 0; h < num_heads; h++)
+        memcpy(out + (int64_t)h * a->out_stride_h, acc + h * head_dim, sizeof(float) * head_dim);
+}
+
+typedef void (*item_fn)(const decode_args *a, int64_t i, float *scores, float *acc);
+
+/* Every work item, spread over the OpenMP threads (one sequence each, dynamically), each
+   thread with its own scratch. 0, or -1 for unsupported shapes, -2 when memory ran out. */
+static int decode_items(const decode_args *a, item_fn item) {
+    const int group = a->num_heads / a->num_kv_heads;
+    if (a->num_heads > MAX_HEADS || a->head_dim > MAX_HEAD_DIM ||
+        group * a->num_kv_heads != a->num_heads)
+        return -1;
     int failed = 0;
 #pragma omp parallel
     {
@@ -202,74 +333,41 @@ int triode_paged_decode_f32(
         int64_t capacity = 0;
         float acc[MAX_HEADS * MAX_HEAD_DIM];
 #pragma omp for schedule(dynamic, 1)
-        for (int64_t i = 0; i < num_items; i++) {
-            const int64_t seq = seq_index[i];
-            const int64_t len = seq_lens[seq];
-            const int64_t t = token_index[i];
+        for (int64_t i = 0; i < a->num_items; i++) {
+            const int64_t len = a->seq_lens[a->seq_index[i]];
             if (len <= 0) continue;
-            if ((int64_t)num_heads * len > capacity) {
+            if ((int64_t)a->num_heads * len > capacity) {
                 free(scores);
-                capacity = (int64_t)num_heads * len;
+                capacity = (int64_t)a->num_heads * len;
                 scores = (float *)malloc(sizeof(float) * capacity);
                 if (!scores) { failed = 1; capacity = 0; continue; }
             }
-            const float *qt = q + t * q_stride_t;
-            const int32_t *table = block_tables + seq * bt_stride;
-            const int64_t num_blocks = (len + block_size - 1) / block_size;
-
-#ifdef HAVE_AVX512_PATH
-            if (head_dim % 16 == 0 && group <= MAX_GROUP) {
-                scores_avx512(qt, q_stride_h, num_kv_heads, group, k_cache, table, stride_block,
-                              stride_pos, stride_head, block_size, len, head_dim, scale, scores);
-                softmax_rows(scores, num_heads, len);
-                weighted_sum_avx512(scores, num_kv_heads, group, v_cache, table, stride_block,
-                                    stride_pos, stride_head, block_size, len, head_dim, acc);
-                for (int h = 0; h < num_heads; h++)
-                    memcpy(out + t * out_stride_t + (int64_t)h * out_stride_h, acc + h * head_dim,
-                           sizeof(float) * head_dim);
-                continue;
-            }
-#endif
-            /* Pass 1: scores[h * len + p] = scale * q_h . k_p (head h reads KV head h / group) */
-            prefetch_block(k_cache + (int64_t)table[0] * stride_block, block_bytes);
-            for (int64_t b = 0; b < num_blocks; b++) {
-                if (b + 1 < num_blocks)
-                    prefetch_block(k_cache + (int64_t)table[b + 1] * stride_block, block_bytes);
-                const float *kb = k_cache + (int64_t)table[b] * stride_block;
-                const int64_t start = b * block_size;
-                const int64_t n = (len - start < block_size) ? len - start : block_size;
-                for (int64_t j = 0; j < n; j++) {
-                    for (int h = 0; h < num_heads; h++) {
-                        const float *k = kb + j * stride_pos + (h / group) * stride_head;
-                        scores[h * len + start + j] = scale * dot(qt + h * q_stride_h, k, head_dim);
-                    }
-                }
-            }
-            softmax_rows(scores, num_heads, len);
-            /* Pass 2: out_h = sum_p prob[h][p] * v_p */
-            memset(acc, 0, sizeof(float) * num_heads * head_dim);
-            prefetch_block(v_cache + (int64_t)table[0] * stride_block, block_bytes);
-            for (int64_t b = 0; b < num_blocks; b++) {
-                if (b + 1 < num_blocks)
-                    prefetch_block(v_cache + (int64_t)table[b + 1] * stride_block, block_bytes);
-                const float *vb = v_cache + (int64_t)table[b] * stride_block;
-                const int64_t start = b * block_size;
-                const int64_t n = (len - start < block_size) ? len - start : block_size;
-                for (int64_t j = 0; j < n; j++) {
-                    for (int h = 0; h < num_heads; h++) {
-                        const float *v = vb + j * stride_pos + (h / group) * stride_head;
-                        const float w = scores[h * len + start + j];
-                        float *a = acc + h * head_dim;
-#pragma omp simd
-                        for (int d = 0; d < head_dim; d++) a[d] += w * v[d];
-                    }
-                }
-            }
-            for (int h = 0; h < num_heads; h++)
-                memcpy(out + t * out_stride_t + (int64_t)h * out_stride_h, acc + h * head_dim,
-                       sizeof(float) * head_dim);
+            item(a, i, scores, acc);
         }
         free(scores);
     }
     return failed ? -2 : 0;
 }
+
+/* One exported entry point per cache element type ELEM (kind KIND): the same signature, the
+   caches typed. Its item function inlines the loops above with KIND as a constant. */
+#define PAGED_DECODE_ENTRY(NAME, ELEM, KIND)                                                      \
+    static void NAME##_item(const decode_args *a, int64_t i, float *scores, float *acc) {         \
+        decode_item(a, i, scores, acc, KIND);                                                     \
+    }                                                                                             \
+    int NAME(const float *q, int64_t q_stride_t, int64_t q_stride_h, const ELEM *k_cache,         \
+             const ELEM *v_cache, int64_t stride_block, int64_t stride_pos, int64_t stride_head,  \
+             const int32_t *block_tables, int64_t bt_stride, const int64_t *token_index,          \
+             const int64_t *seq_index, const int32_t *seq_lens, int64_t num_items, float *out,    \
+             int64_t out_stride_t, int64_t out_stride_h, int num_heads, int num_kv_heads,         \
+             int head_dim, int block_size, float scale) {                                         \
+        const decode_args a = {q, q_stride_t, q_stride_h, k_cache, v_cache, stride_block,         \
+                               stride_pos, stride_head, block_tables, bt_stride, token_index,     \
+                               seq_index, seq_lens, num_items, out, out_stride_t, out_stride_h,   \
+                               num_heads, num_kv_heads, head_dim, block_size, scale};             \
+        return decode_items(&a, NAME##_item);                                                     \
+    }
+
+PAGED_DECODE_ENTRY(triode_paged_decode_f32, float, KV_F32)
+PAGED_DECODE_ENTRY(triode_paged_decode_bf16, uint16_t, KV_BF16)
+PAGED_DECODE_ENTRY(triode_paged_decode_f16, uint16_t, KV_F16)
