@@ -1,16 +1,19 @@
-"""The fused decode step: a decode-only step of a quantized Llama-family model on the CPU runs
-all its layers in one C call (kernels/cpu/decode_step.c) instead of ~30 torch operations and
-5 kernel calls per layer dispatched from Python.
+"""The fused step: a step of a quantized Llama-family model on the CPU runs all its layers in
+one C call (kernels/cpu/decode_step.c) instead of ~30 torch operations and 5 kernel calls per
+layer dispatched from Python.
 
 Used when every linear of the model holds quantized weights (the GGUF default, `--quantization
-int8|int4`), the attention backend is the C decode kernel's ("cpu": float32 caches), every
-sequence of the step has exactly one new token (plain decode; prompt chunks and speculative
-verification take the module path) and each linear has a kernel for the step's row count
-(the direct kernel up to its calibrated rows; above that only where the AMX tile kernel
-exists, since the dense bf16 fallback is a torch GEMM). It calls the same matmul and
-attention kernels the module path would for the same step; norms, RoPE and SiLU are C code
-whose sums may round differently from torch's (equal to float rounding; tested in
-tests/kernels/test_decode_step.py). Measured on the bundled model: BENCHMARKS.md, issue 14.
+int8|int4`), the attention backend is the C decode kernel's ("cpu": float32 caches) and each
+linear has a kernel for the step's row count (the direct kernel up to its calibrated rows;
+above that only where the AMX tile kernel exists, since the dense bf16 fallback is a torch
+GEMM). Decode rows take it always; a step with prompt chunks (or speculative verification
+rows) takes it while those rows read at most `max_prompt_positions` context positions in all,
+each row attending through the decode kernel to its context up to itself (past the bound,
+torch's SDPA on the module path computes a long chunk's attention faster). It calls the same
+matmul and attention kernels the module path would for the same step; norms, RoPE and SiLU
+are C code whose sums may round differently from torch's (equal to float rounding; tested in
+tests/kernels/test_decode_step.py). Measured on the bundled model: BENCHMARKS.md, issues 13
+and 14.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import ctypes
 import torch
 
 from triode.engine.quant.linear import QuantLinear
+from triode.engine.runner.attention import AttentionMetadata
 from triode.kernels import cpu_decode, cpu_decode_step
 from triode.kernels.cpu_decode_step import MAX_PARTS, function_address
 from triode.kernels.cpu_quant import PreparedMatmul
@@ -27,6 +31,13 @@ from triode.kernels.cpu_quant import PreparedMatmul
 
 class FusedDecode:
     """The C description of one model over one set of KV caches, and the step call."""
+
+    # NOTE: a prompt row goes through the decode kernel, which reads its context row by row
+    # instead of computing a chunk's attention as a block as torch's SDPA does on the module
+    # path. Up to this many context positions read by a step's multi-token rows in all the
+    # fused step is still the faster one (a 512-token prompt: 131,328 positions, 1.98x; past
+    # ~160,000, e.g. 256 rows after 500 cached tokens, the two are even): BENCHMARKS.md.
+    max_prompt_positions = 131072
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
         lib = cpu_decode_step.load_library()
@@ -95,8 +106,38 @@ class FusedDecode:
                 limit = rows if limit is None else min(limit, rows)
         self.max_rows = limit  # None: every row count has a C kernel
 
-    def accepts(self, num_rows: int) -> bool:
-        return self.max_rows is None or num_rows <= self.max_rows
+    def accepts(self, num_rows: int, attn: AttentionMetadata | None = None) -> bool:
+        """Whether this step can run fused: a kernel for its row count, and, for a step with
+        prompt chunks (or speculative verification rows), at most `max_prompt_positions`
+        context positions read by its multi-token rows in all."""
+        if self.max_rows is not None and num_rows > self.max_rows:
+            return False
+        if attn is None or attn.max_q_len == 1:
+            return True
+        if attn.max_q_len > num_rows or attn.slot_mapping.numel() != num_rows:
+            return False
+        q_lens = (attn.cu_seqlens_q[1:] - attn.cu_seqlens_q[:-1]).to(torch.int64)
+        lens = attn.seq_lens.to(torch.int64)
+        multi = q_lens > 1
+        # Row j of a chunk of n tokens ending at context length L reads L - n + 1 + j positions.
+        n, ctx = q_lens[multi], lens[multi]
+        positions = int((n * ctx - n * (n - 1) // 2).sum())
+        return positions <= self.max_prompt_positions
+
+    def step(self, x: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata):
+        """Run the step's rows (one per new token) fused: a multi-token sequence (a prompt chunk
+        or verification rows) becomes one row per token, each attending to the context up to and
+        including itself, over its sequence's block table. The KV writes of all rows of a layer
+        land before its attention, so a chunk's later rows see its earlier ones."""
+        if attn.max_q_len == 1:
+            return self(x, positions, attn.slot_mapping, attn.block_tables, attn.seq_lens)
+        cu = attn.cu_seqlens_q.to(torch.int64)
+        q_lens = cu[1:] - cu[:-1]
+        seq_of_row = torch.repeat_interleave(torch.arange(q_lens.numel()), q_lens)
+        offset = torch.arange(x.shape[0]) - cu[:-1][seq_of_row]
+        lens = attn.seq_lens.to(torch.int64)[seq_of_row] - q_lens[seq_of_row] + 1 + offset
+        tables = attn.block_tables.index_select(0, seq_of_row)
+        return self(x, positions, attn.slot_mapping, tables, lens)
 
     def __call__(
         self,
@@ -115,7 +156,7 @@ class FusedDecode:
         lens = seq_lens.to(torch.int32).contiguous()
         rows = x.shape[0]
         if not (positions.numel() == slots.numel() == lens.numel() == tables.shape[0] == rows):
-            raise ValueError("the fused decode step takes one token per sequence")
+            raise ValueError("the fused step takes one table row and length per token")
         rc = self._fn(
             ctypes.byref(self.model_desc),
             self.layers,

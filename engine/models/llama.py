@@ -175,7 +175,7 @@ class LlamaForCausalLM(nn.Module):
         x = self.embed_tokens(input_ids)
         fused = self._fused_decode(kv_caches, attn, x)
         if fused is not None:
-            return fused(x, positions, attn.slot_mapping, attn.block_tables, attn.seq_lens)
+            return fused.step(x, positions, attn)
         cos = self.rope_cos[positions].to(x.dtype)
         sin = self.rope_sin[positions].to(x.dtype)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_caches):
@@ -185,9 +185,9 @@ class LlamaForCausalLM(nn.Module):
     def _fused_decode(
         self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], attn: AttentionMetadata, x
     ):
-        """The fused decode step for this step, or None (module path): only decode-only steps
-        (one new token per sequence) of a model and backend that support it."""
-        if not self.fused_decode_enabled or attn.max_q_len != 1 or x.device.type != "cpu":
+        """The fused step for this step, or None (module path): steps of a model and backend
+        that support it whose rows it accepts (decode rows, and prompt rows up to a bound)."""
+        if not self.fused_decode_enabled or x.device.type != "cpu":
             return None
         if self._fused is None or self._fused[0] is not kv_caches:
             from triode.engine.models.fused_decode import FusedDecode
@@ -198,7 +198,7 @@ class LlamaForCausalLM(nn.Module):
                 return None
             self._fused = (kv_caches, FusedDecode(self, kv_caches))
         fused = self._fused[1]
-        return fused if fused.accepts(x.shape[0]) else None
+        return fused if fused.accepts(x.shape[0], attn) else None
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:  # tied to the (float) embedding

@@ -1,8 +1,8 @@
 """The fused decode step (kernels/cpu/decode_step.c, engine.models.fused_decode) against the
 module path it replaces: the same decode step on the same KV-cache state gives the same hidden
 states and cache writes to float rounding, on the real bundled model (GGUF Q4_1 as stored) and
-on tiny quantized models with q/k/v biases; greedy generation is unchanged; prompt steps never
-take it."""
+on tiny quantized models with q/k/v biases; steps carrying prompt chunks too, up to the bound
+on the context their rows read; greedy generation is unchanged."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import make_tiny_llama
 from triode.engine import LLM, SamplingParams
+from triode.engine.models.fused_decode import FusedDecode
 from triode.engine.runner.attention import AttentionMetadata
 from triode.kernels import cpu_decode_step, cpu_quant
 from triode.kernels.cpu_decode_step import function_address
@@ -54,18 +55,21 @@ def _metadata(runner, q_lens, seq_lens, tables, slots) -> AttentionMetadata:
     )  # fmt: skip
 
 
-def _decode_both_ways(llm: LLM, context_lens: list[int], seed: int = 0):
-    """Prefill sequences of `context_lens` tokens (module path), then run one decode step over
-    all of them twice from the same cache state: module path, then fused. Returns (module
-    hidden, fused hidden, module caches' new slots, fused caches' new slots, fused calls)."""
+def _decode_both_ways(llm: LLM, context_lens: list[int], seed: int = 0, new_lens=None):
+    """Prefill sequences of `context_lens` tokens (module path), then run one step over all of
+    them twice from the same cache state: module path, then fused. The step carries
+    `new_lens[i]` new tokens of sequence i (default one each: a decode step; more: a prompt
+    chunk after a cached prefix, or a fresh prompt where the context is 0). Returns (module
+    hidden, module's new cache slots), the same for the fused path, and the fused calls."""
     runner = llm.engine.runner
     model = runner.model
     bs = runner.block_size
     rng = random.Random(seed)
+    new_lens = new_lens or [1] * len(context_lens)
     caches = [(torch.zeros_like(k), torch.zeros_like(v)) for k, v in runner.kv_caches]
     tables, next_block = [], 0
-    for n in context_lens:
-        blocks = -(-(n + 1) // bs)
+    for n, new in zip(context_lens, new_lens):
+        blocks = -(-(n + new) // bs)
         tables.append(list(range(next_block, next_block + blocks)))
         next_block += blocks
     assert next_block <= caches[0][0].shape[0]
@@ -74,20 +78,24 @@ def _decode_both_ways(llm: LLM, context_lens: list[int], seed: int = 0):
         return table[p // bs] * bs + p % bs
 
     with torch.inference_mode():
-        ids = [rng.randrange(300, 49000) for _ in range(sum(context_lens))]
-        positions = [p for n in context_lens for p in range(n)]
-        slots = [slot(t, p) for t, n in zip(tables, context_lens) for p in range(n)]
-        meta = _metadata(runner, context_lens, context_lens, tables, slots)
-        model.fused_decode_enabled = False
-        model(torch.tensor(ids), torch.tensor(positions), caches, meta)
+        prefilled = [(n, t) for n, t in zip(context_lens, tables) if n]
+        if prefilled:
+            ids = [rng.randrange(300, 49000) for _ in range(sum(n for n, _ in prefilled))]
+            positions = [p for n, _ in prefilled for p in range(n)]
+            slots = [slot(t, p) for n, t in prefilled for p in range(n)]
+            lens = [n for n, _ in prefilled]
+            meta = _metadata(runner, lens, lens, [t for _, t in prefilled], slots)
+            model.fused_decode_enabled = False
+            model(torch.tensor(ids), torch.tensor(positions), caches, meta)
 
-        new_ids = torch.tensor([rng.randrange(300, 49000) for _ in context_lens])
-        new_pos = torch.tensor(context_lens)
-        new_slots = [slot(t, n) for t, n in zip(tables, context_lens)]
-        seq_lens = [n + 1 for n in context_lens]
+        new_ids = torch.tensor([rng.randrange(300, 49000) for _ in range(sum(new_lens))])
+        spans = [range(n, n + new) for n, new in zip(context_lens, new_lens)]
+        new_pos = torch.tensor([p for span in spans for p in span])
+        new_slots = [slot(t, p) for t, span in zip(tables, spans) for p in span]
+        seq_lens = [n + new for n, new in zip(context_lens, new_lens)]
         results = []
         for fused in (False, True):
-            meta = _metadata(runner, [1] * len(context_lens), seq_lens, tables, new_slots)
+            meta = _metadata(runner, new_lens, seq_lens, tables, new_slots)
             model.fused_decode_enabled = fused
             try:
                 hidden = model(new_ids, new_pos, caches, meta)
@@ -153,6 +161,39 @@ def test_sixteen_rows_on_the_direct_kernel_match_the_module_path(bundled_llm):
     _assert_same_step(module, fused)
 
 
+@pytest.mark.parametrize(
+    ("context_lens", "new_lens"),
+    [([40, 0, 20, 7], [1, 9, 12, 1]), ([0], [33]), ([17, 50], [16, 3])],
+)
+def test_prompt_rows_match_the_module_path(bundled_llm, context_lens, new_lens):
+    """A step carrying prompt chunks (fresh, and after a cached prefix) beside decodes: each of a
+    chunk's rows attends to its own context (earlier rows of the chunk included, written by the
+    same layer first); the direct kernel on both paths, so to float rounding."""
+    linears = _linears(bundled_llm)
+    saved = [lin.max_direct_rows for lin in linears]
+    try:
+        for lin in linears:
+            lin.max_direct_rows = 64
+        module, fused, calls = _decode_both_ways(bundled_llm, context_lens, new_lens=new_lens)
+    finally:
+        for lin, rows in zip(linears, saved):
+            lin.max_direct_rows = rows
+    assert calls > 0
+    _assert_same_step(module, fused)
+
+
+def test_prompt_rows_past_the_bound_take_the_module_path(bundled_llm, monkeypatch):
+    """A step whose prompt rows would read more context positions than the bound runs on the
+    module path (its prompt attention is torch's SDPA there)."""
+    # 20 rows after 30 cached tokens read 31 + ... + 50 = 810 positions.
+    monkeypatch.setattr(FusedDecode, "max_prompt_positions", 809)
+    _, _, calls = _decode_both_ways(bundled_llm, [30], new_lens=[20])
+    assert calls == 0
+    monkeypatch.setattr(FusedDecode, "max_prompt_positions", 810)
+    _, _, calls = _decode_both_ways(bundled_llm, [30], new_lens=[20])
+    assert calls == 1
+
+
 def test_sixteen_rows_past_the_calibrated_rows_agree_with_the_module_path(bundled_llm):
     """Past the direct kernel's rows both paths call the big-step kernel (AMX tiles where there
     are, else the fused step is not taken). It rounds activations to bf16, which turns the
@@ -210,7 +251,7 @@ def test_biased_qkv_models_match_the_module_path(qwen_folder, quantization):
     _assert_same_step(module, fused)
 
 
-def test_greedy_generation_is_unchanged_and_prompt_steps_take_the_module_path(bundled_llm):
+def test_greedy_generation_is_unchanged_with_prompt_steps_fused(bundled_llm):
     model = bundled_llm.engine.runner.model
     prompts = [{"prompt_token_ids": list(range(1000, 1000 + n))} for n in (60, 9, 25)]
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
@@ -230,8 +271,8 @@ def test_greedy_generation_is_unchanged_and_prompt_steps_take_the_module_path(bu
     current = model._fused[1]
     calls = current.num_calls - (before if current is previous else 0)
     assert fused == module
-    # Three prompts prefilled in one step, then decode steps only: 23 of them, each fused.
-    assert calls == 23, calls
+    # Three prompts prefilled in one step (fused too), then 23 decode-only steps, each fused.
+    assert calls == 24, calls
 
 
 def test_float_models_keep_the_module_path(tiny_folder):
