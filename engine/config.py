@@ -17,10 +17,12 @@ DType = Literal["float32", "float16", "bfloat16"]
 Quantization = Literal["auto", "none", "gguf", "int8", "int4", "fp8"]
 AttentionBackend = Literal["auto", "torch", "cpu", "triton"]
 CpuLinear = Literal["auto", "onednn", "torch"]
+KVCacheDType = Literal["auto", "float32", "bfloat16", "float16"]
 DTYPES: tuple[str, ...] = get_args(DType)
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 ATTENTION_BACKENDS: tuple[str, ...] = get_args(AttentionBackend)
 CPU_LINEAR_CHOICES: tuple[str, ...] = get_args(CpuLinear)
+KV_CACHE_DTYPES: tuple[str, ...] = get_args(KVCacheDType)
 
 
 @dataclass
@@ -59,6 +61,10 @@ class EngineConfig:
     """KV-cache blocks; overrides the number computed from --kv-cache-memory-gib."""
     kv_cache_memory_gib: float = 4.0
     """Memory for the KV cache, in GiB (on the CPU it is committed only as blocks are used)."""
+    kv_cache_dtype: KVCacheDType = "auto"
+    """Data type of the KV cache: auto (--dtype), float32, bfloat16 or float16. A 16-bit cache
+    holds twice the blocks in the same memory; K/V are rounded to it when written, attention
+    runs in float32 over them."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of prompt prefixes that earlier requests computed."""
 
@@ -130,6 +136,10 @@ class EngineConfig:
         if self.cpu_linear not in CPU_LINEAR_CHOICES:
             raise ValueError(
                 f"cpu_linear must be one of {CPU_LINEAR_CHOICES}, got {self.cpu_linear!r}"
+            )
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {self.kv_cache_dtype!r}"
             )
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")

@@ -3,7 +3,8 @@ methods; no backend name is looked at per call, and nothing compiles before a ba
 
 - `TorchBackend` ("torch"): the planned torch path (`kernels.torch_attention`); any device.
 - `CpuBackend` ("cpu"): decode tokens through the C kernel (`kernels.cpu_decode`, built when
-  the backend is made), prompt chunks through the planned torch path; float32 caches.
+  the backend is made), prompt chunks through the planned torch path; caches of the dtypes the
+  C kernel has an entry point for (`cpu_decode_reads`).
 - `TritonBackend` ("triton"): the Triton kernels (CUDA, or the CPU under TRITON_INTERPRET=1).
 
 `kernels.reference` is none of them: it is the definition the tests compare them with.
@@ -78,15 +79,35 @@ class TorchBackend(AttentionBackend):
         )
 
 
+# The C decode kernel's entry point per KV cache dtype (kernels/cpu/paged_decode.c).
+_CPU_DECODE_ENTRIES = {
+    torch.float32: "triode_paged_decode_f32",
+    torch.bfloat16: "triode_paged_decode_bf16",
+    torch.float16: "triode_paged_decode_f16",
+}
+
+
+def cpu_decode_reads(cache_dtype: torch.dtype) -> bool:
+    """Whether the C decode kernel builds here and has an entry point for this cache dtype."""
+    from triode.kernels import cpu_decode
+
+    lib = cpu_decode.load_library()  # builds the C kernel (once per machine)
+    entry = _CPU_DECODE_ENTRIES.get(cache_dtype)
+    return lib is not None and entry is not None and hasattr(lib, entry)
+
+
 class CpuBackend(TorchBackend):
     name = "cpu"
     fused_decode = True
 
-    def __init__(self) -> None:
+    def __init__(self, cache_dtype: torch.dtype = torch.float32) -> None:
         from triode.kernels import cpu_decode
 
-        if not cpu_decode.is_available():  # builds the C kernel (once per machine)
+        if not cpu_decode.is_available():
             raise RuntimeError("the CPU decode kernel is not available (no C compiler?)")
+        if not cpu_decode_reads(cache_dtype):
+            raise RuntimeError(f"the CPU decode kernel does not read {cache_dtype} KV caches")
+        self.cache_dtype = cache_dtype
         self._decode = cpu_decode
 
     def paged_attention(self, q, k_cache, v_cache, block_tables, cu_seqlens_q, seq_lens, scale,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 from functools import cache
 
+import torch
+
 from triode.kernels.cpu_build import build
 
 MAX_PARTS = 4
@@ -82,7 +84,12 @@ class Model(ctypes.Structure):
         ("final_norm", _ptr),
         ("attention", _ptr),
         ("split_heads", _i64),
+        ("kv_dtype", _i64),
     ]
+
+
+# model_t.kv_dtype: the KV cache's element type (the attention kernel must read the same).
+KV_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 @cache
@@ -96,11 +103,27 @@ def load_library() -> ctypes.CDLL | None:
         _ptr, _ptr, _ptr, _i64, _ptr,  # positions, slots, tables, table stride, seq lens
     ]  # fmt: skip
     fn.restype = ctypes.c_int
+    store = lib.triode_store_kv
+    store.argtypes = [_ptr, _ptr, _i64, _i64]
+    store.restype = None
     return lib
 
 
 def is_available() -> bool:
     return load_library() is not None
+
+
+def store_kv(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """dst = src rounded to dst's dtype by the C KV write (for the tests: it must round as
+    torch's `.to(dtype)` does). src: contiguous float32; dst: contiguous, same size."""
+    lib = load_library()
+    if lib is None:
+        raise RuntimeError("the fused decode step's library is not available (no C compiler?)")
+    if src.dtype != torch.float32 or dst.dtype not in KV_DTYPES:
+        raise TypeError(f"store_kv takes float32 into {tuple(KV_DTYPES)}, got {dst.dtype}")
+    if not (src.is_contiguous() and dst.is_contiguous()) or src.numel() != dst.numel():
+        raise ValueError("store_kv takes contiguous tensors of one size")
+    lib.triode_store_kv(src.data_ptr(), dst.data_ptr(), src.numel(), KV_DTYPES[dst.dtype])
 
 
 def function_address(fn: ctypes._CFuncPtr) -> int:

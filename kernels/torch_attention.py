@@ -1,11 +1,15 @@
 """Paged attention in torch, planned once per step: the CPU production path for prompt chunks,
-and for decode tokens where the C decode kernel is not available (or the cache is not float32).
+and for decode tokens where the C decode kernel is not available.
 
 The expensive part on a CPU is reading the cache, so `AttentionPlan` sorts the batch once per
 step (not once per layer): sequences decoding one token are batched together, in groups small
 enough that their gathered K/V stays in the CPU cache; prompt chunks are done one sequence at a
 time with a causal mask offset by their cached context. Layout and semantics: as
 `kernels.reference` (the test oracle) documents them.
+
+The cache may hold another dtype than q (a 16-bit cache under a float32 model): the write rounds
+K/V to it, and attention runs in the wider of the two (`_compute_dtype`), so float32 queries
+never round to 16 bits.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ def write_kv_cache(
         slots, key, value = slots[keep], key[keep], value[keep]
     k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, key.to(k_cache.dtype))
     v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, value.to(v_cache.dtype))
+
+
+def _compute_dtype(q: torch.Tensor, cache: torch.Tensor) -> torch.dtype:
+    """The dtype attention runs in: the wider of q's and the cache's (bf16 with f16: float32).
+
+    NOTE: measured through `prefill_attention` on our 2-core Xeon (AMX, torch 2.13), torch's SDPA
+    in bf16 took 1.02-1.36x float32's time for prompts of 32-1024 tokens, and the same over a
+    bf16 cache with the gathered K/V converted to float32 0.96-1.12x (float16 alike); float32
+    also keeps q and the softmax weights unrounded (BENCHMARKS.md, "16-bit KV cache")."""
+    return torch.promote_types(q.dtype, cache.dtype)
 
 
 @dataclass(slots=True)
@@ -185,18 +199,19 @@ def _decode_groups_attention(
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
+    dtype = _compute_dtype(q, k_cache)
     for g in plan.decode_groups:
         n, nb = g.block_table.shape
         length = nb * k_cache.shape[1]
-        k = k_cache[g.block_table].view(n, length, num_kv_heads, head_dim).transpose(1, 2)
-        v = v_cache[g.block_table].view(n, length, num_kv_heads, head_dim).transpose(1, 2)
+        k = k_cache[g.block_table].to(dtype).view(n, length, num_kv_heads, head_dim).transpose(1, 2)
+        v = v_cache[g.block_table].to(dtype).view(n, length, num_kv_heads, head_dim).transpose(1, 2)
         if g.is_contiguous:
             qg = q[g.token_start : g.token_start + n]
         else:
             qg = q.index_select(0, g.token_index)
         # One query token: the `group` query heads of a KV head act as its query rows.
         o = F.scaled_dot_product_attention(
-            qg.view(n, num_kv_heads, group, head_dim).to(k.dtype),
+            qg.view(n, num_kv_heads, group, head_dim).to(dtype),
             k,
             v,
             attn_mask=g.mask,
@@ -221,10 +236,12 @@ def prefill_attention(
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
+    dtype = _compute_dtype(q, k_cache)
     for p in plan.prefills:
-        k = k_cache[p.block_ids].view(-1, num_kv_heads, head_dim)[: p.context_len].transpose(0, 1)
-        v = v_cache[p.block_ids].view(-1, num_kv_heads, head_dim)[: p.context_len].transpose(0, 1)
-        qs = q[p.token_start : p.token_end].transpose(0, 1).to(k.dtype)  # [H, q_len, D]
+        k = k_cache[p.block_ids].view(-1, num_kv_heads, head_dim)[: p.context_len]
+        v = v_cache[p.block_ids].view(-1, num_kv_heads, head_dim)[: p.context_len]
+        k, v = k.to(dtype).transpose(0, 1), v.to(dtype).transpose(0, 1)  # [KVH, context, D]
+        qs = q[p.token_start : p.token_end].transpose(0, 1).to(dtype)  # [H, q_len, D]
         o = F.scaled_dot_product_attention(
             qs,
             k,

@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--max-num-batched-tokens", type=int, default=None)
     parser.add_argument("--prefault", action="store_true", help="touch the KV cache first")
+    parser.add_argument(
+        "--kv-cache-dtype", choices=["auto", "float32", "bfloat16", "float16"], default=None
+    )
     args = parser.parse_args(argv)
 
     from triode.engine import LLM, SamplingParams
@@ -92,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs["num_threads"] = args.num_threads
     if args.max_num_batched_tokens:
         kwargs["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if args.kv_cache_dtype:
+        kwargs["kv_cache_dtype"] = args.kv_cache_dtype
     workload = make_workload(args.workload)
     llm = LLM(**kwargs)
     engine = llm.engine

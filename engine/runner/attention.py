@@ -19,18 +19,23 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_attention_backend(
-    choice: str, device: torch.device, dtype: torch.dtype
+    choice: str, device: torch.device, cache_dtype: torch.dtype
 ) -> AttentionBackend:
-    """The backend object for `choice` ("auto", "torch", "cpu", "triton"). auto: Triton on
-    CUDA; on the CPU the C decode kernel for float32 caches when it builds, else planned torch.
-    Building the C kernel happens here, at engine start, never when a config is read."""
+    """The backend object for `choice` ("auto", "torch", "cpu", "triton") over a KV cache of
+    `cache_dtype`. auto: Triton on CUDA; on the CPU the C decode kernel when it builds and reads
+    caches of that dtype, else planned torch. Building the C kernel happens here, at engine
+    start, never when a config is read."""
+    if choice == "cpu":
+        if cache_dtype != torch.float32:
+            raise ValueError("attention_backend 'cpu' takes a float32 KV cache (for now)")
+        return CpuBackend(cache_dtype)
     if choice != "auto":
         return make_backend(choice)
     if device.type == "cuda":
         return make_backend("triton")
-    if dtype == torch.float32:
+    if cache_dtype == torch.float32:  # NOTE: 16-bit caches join once the fused step reads them
         try:
-            return CpuBackend()
+            return CpuBackend(cache_dtype)
         except RuntimeError as exc:
             logger.info("%s; attention runs in torch", exc)
     return TorchBackend()

@@ -62,13 +62,14 @@ class ModelRunner:
         torch.manual_seed(config.seed)
 
         self.weights_info = self._load_weights(config, folder)
+        self.kv_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, self.dtype)
         self.attention = resolve_attention_backend(
-            config.attention_backend, self.device, self.dtype
+            config.attention_backend, self.device, self.kv_dtype
         )
         cfg = self.model.cfg
         self.block_size = config.block_size
         # Bytes of K+V per token per layer, and per block over all layers.
-        elem = torch.empty((), dtype=self.dtype).element_size()
+        elem = torch.empty((), dtype=self.kv_dtype).element_size()
         self.kv_bytes_per_token = 2 * cfg.num_kv_heads * cfg.head_dim * elem
         block_bytes = self.kv_bytes_per_token * self.block_size * cfg.num_layers
         if config.num_kv_blocks is not None:
@@ -77,7 +78,7 @@ class ModelRunner:
             self.num_blocks = max(1, int(config.kv_cache_memory_gib * (1 << 30)) // block_bytes)
         shape = (self.num_blocks, self.block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [
-            (_zeros(shape, self.dtype, self.device), _zeros(shape, self.dtype, self.device))
+            (_zeros(shape, self.kv_dtype, self.device), _zeros(shape, self.kv_dtype, self.device))
             for _ in range(cfg.num_layers)
         ]
         self.sampler = Sampler()
@@ -86,13 +87,14 @@ class ModelRunner:
         logger.info(self.weights_info.summary())
         logger.info(
             "model on %s (%s, attention: %s, oneDNN linears: %s); KV cache: %d blocks of %d "
-            "tokens (%.2f GiB)",
+            "tokens in %s (%.2f GiB)",
             self.device,
             config.dtype,
             self.attention.name,
             self.model.onednn,
             self.num_blocks,
             self.block_size,
+            str(self.kv_dtype).removeprefix("torch."),
             self.num_blocks * block_bytes / (1 << 30),
         )
 
@@ -328,6 +330,17 @@ class ModelRunner:
         for k_cache, v_cache in self.kv_caches:
             k_cache[dst] = k_cache[src]
             v_cache[dst] = v_cache[src]
+
+
+def resolve_kv_cache_dtype(choice: str, dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's dtype for `choice` (EngineConfig.kv_cache_dtype); auto: the model's.
+
+    NOTE: auto becomes bfloat16 for quantized models on the CPU once the fused decode step
+    writes and reads 16-bit caches (kernels/cpu/decode_step.c); until then the float32 cache
+    keeps that step."""
+    if choice != "auto":
+        return _DTYPES[choice]
+    return dtype
 
 
 def _row_bitmask(masks: StepMasks, row_ids: list[str]) -> RowBitmask | None:

@@ -8,8 +8,13 @@
  * (measured: a 12 ms step of which the quantized linears are ~3 ms). Here Python calls once a
  * step; the norms, RoPE, the KV-cache write, SiLU and the residual adds run in plain C, and the
  * matmuls and the attention are the engine's own kernels, called through function pointers
- * (triode_quant_matmul / triode_quant_matmul_tiles / triode_paged_decode_f32 or any kernel with
- * the same signature): the same code and the same numbers as the module path for those parts.
+ * (triode_quant_matmul / triode_quant_matmul_tiles / triode_paged_decode_f32, _bf16 or _f16, or
+ * any kernel with the same signature): the same code and the same numbers as the module path
+ * for those parts.
+ *
+ * The KV cache may be float32, bfloat16 or float16 (model_t.kv_dtype); the new K/V are rounded
+ * to it to nearest, ties to even, as torch's `.to(dtype)` does in the module path's cache
+ * write, so both paths leave the same bits in the cache (triode_store_kv, tested against torch).
  *
  * The arithmetic is the module path's (engine/models/llama.py): float32 RMSNorm
  * w * (x * 1/sqrt(mean(x^2) + eps)), rotate-half RoPE x * cos + rotate(x) * sin, SiLU
@@ -28,8 +33,9 @@ typedef int (*matmul_fn)(const float *x, int64_t ldx, int64_t M, const uint8_t *
                          const void *scales, const void *offsets, int half, int group, int64_t N,
                          int64_t K, float *out, int64_t ldo);
 
+/* The caches are float32, or bf16 / IEEE half bits (uint16_t), as model_t.kv_dtype says. */
 typedef int (*attention_fn)(const float *q, int64_t q_stride_t, int64_t q_stride_h,
-                            const float *k_cache, const float *v_cache, int64_t stride_block,
+                            const void *k_cache, const void *v_cache, int64_t stride_block,
                             int64_t stride_pos, int64_t stride_head, const int32_t *block_tables,
                             int64_t bt_stride, const int64_t *token_index,
                             const int64_t *seq_index, const int32_t *seq_lens, int64_t num_items,
@@ -54,8 +60,10 @@ typedef struct {
 typedef struct {
     const float *input_norm, *post_norm;
     linear_t qkv, o, gate_up, down;
-    float *k_cache, *v_cache;
+    void *k_cache, *v_cache; /* of model_t.kv_dtype */
 } layer_t;
+
+enum { KV_FLOAT32 = 0, KV_BFLOAT16 = 1, KV_FLOAT16 = 2 };
 
 typedef struct {
     int64_t hidden, intermediate, num_heads, num_kv_heads, head_dim, num_layers;
@@ -65,7 +73,57 @@ typedef struct {
     const float *rope_cos, *rope_sin, *final_norm;
     void *attention; /* attention_fn */
     int64_t split_heads; /* fewer rows than threads: one attention call per (row, KV head) */
+    int64_t kv_dtype;    /* KV_FLOAT32, KV_BFLOAT16 or KV_FLOAT16; `attention` reads that */
 } model_t;
+
+/* float32 -> bfloat16 bits, to nearest, ties to even; NaN -> 0x7FC0 (torch's c10::BFloat16).
+ * Integer operations only: -ffast-math may not assume away a NaN test done on the bits. */
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* float32 -> IEEE half bits, to nearest, ties to even (overflow: inf; NaN: sign | 0x7E00). */
+static inline uint16_t to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof x);
+    const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520: past the largest */
+    uint32_t r, rem, halfway;
+    if (ax < 0x38800000u) { /* below 2^-14: a subnormal half, in units of 2^-24 */
+        if (ax < 0x33000000u) return (uint16_t)sign; /* below 2^-25 */
+        const uint32_t shift = 126u - (ax >> 23), m = (ax & 0x7fffffu) | 0x800000u;
+        r = m >> shift;
+        rem = m & ((1u << shift) - 1u);
+        halfway = 1u << (shift - 1u);
+    } else {
+        r = (ax >> 13) - (112u << 10); /* rebias the exponent; a carry may reach inf: right */
+        rem = ax & 0x1fffu;
+        halfway = 0x1000u;
+    }
+    if (rem > halfway || (rem == halfway && (r & 1u))) r++;
+    return (uint16_t)(sign | r);
+}
+
+/* dst[i] = src[i] in the cache's dtype, i < n. Exported for the tests (bits against torch). */
+void triode_store_kv(const float *src, void *dst, int64_t n, int64_t kv_dtype) {
+    if (kv_dtype == KV_BFLOAT16) {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = to_bf16(src[i]);
+    } else if (kv_dtype == KV_FLOAT16) {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n; i++) d[i] = to_f16(src[i]);
+    } else {
+        memcpy(dst, src, sizeof(float) * n);
+    }
+}
+
+static int64_t kv_element_size(int64_t kv_dtype) {
+    return kv_dtype == KV_FLOAT32 ? 4 : 2;
+}
 
 /* out[m, :] = x[m, :] W^T (+ bias), each part writing its own columns. */
 static int run_linear(const linear_t *lin, const float *x, int64_t M, float *out) {
@@ -134,12 +192,14 @@ static int attention(const model_t *m, const layer_t *layer, const float *qkv, i
                       M, out, q_size, D, (int)m->num_heads, (int)m->num_kv_heads, (int)D,
                       (int)m->block_size, (float)m->scale);
     const int64_t items = M * m->num_kv_heads;
+    const int64_t head_bytes = m->stride_head * kv_element_size(m->kv_dtype);
+    const char *k_cache = layer->k_cache, *v_cache = layer->v_cache;
     int rc = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : rc)
     for (int64_t i = 0; i < items; i++) {
         const int64_t r = i / m->num_kv_heads, kh = i % m->num_kv_heads;
         rc |= attend(qkv + r * qkv_width + kh * group * D, qkv_width, D,
-                     layer->k_cache + kh * m->stride_head, layer->v_cache + kh * m->stride_head,
+                     k_cache + kh * head_bytes, v_cache + kh * head_bytes,
                      m->stride_block, m->stride_pos, m->stride_head, tables + r * bt_stride,
                      bt_stride, index, index, seq_lens + r, 1, out + r * q_size + kh * group * D,
                      q_size, D, (int)group, 1, (int)D, (int)m->block_size, (float)m->scale);
@@ -160,6 +220,9 @@ int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64
     const int64_t q_size = m->num_heads * D, kv_size = m->num_kv_heads * D;
     const int64_t qkv_width = q_size + 2 * kv_size;
     if (M <= 0 || D > 512 || D % 2) return -101;
+    if (m->kv_dtype != KV_FLOAT32 && m->kv_dtype != KV_BFLOAT16 && m->kv_dtype != KV_FLOAT16)
+        return -101;
+    const int64_t kv_elem = kv_element_size(m->kv_dtype);
     for (int64_t r = 0; r < M; r++)
         if (positions[r] < 0 || positions[r] >= m->max_positions) return -101;
     float *h = malloc(sizeof(float) * M * H);
@@ -188,11 +251,11 @@ int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64
             if (slots[r] < 0) continue;
             const int64_t block = slots[r] / m->block_size, pos = slots[r] % m->block_size;
             const int64_t at = block * m->stride_block + pos * m->stride_pos;
+            char *k_cache = layer->k_cache, *v_cache = layer->v_cache;
             for (int64_t kh = 0; kh < m->num_kv_heads; kh++) {
-                memcpy(layer->k_cache + at + kh * m->stride_head, row + q_size + kh * D,
-                       sizeof(float) * D);
-                memcpy(layer->v_cache + at + kh * m->stride_head, row + q_size + kv_size + kh * D,
-                       sizeof(float) * D);
+                const int64_t offset = (at + kh * m->stride_head) * kv_elem;
+                triode_store_kv(row + q_size + kh * D, k_cache + offset, D, m->kv_dtype);
+                triode_store_kv(row + q_size + kv_size + kh * D, v_cache + offset, D, m->kv_dtype);
             }
         }
         rc = attention(m, layer, qkv, qkv_width, tables, bt_stride, seq_lens, M, index, attn);

@@ -35,9 +35,10 @@ def test_reading_the_config_builds_no_kernel():
 def test_resolution():
     cpu = torch.device("cpu")
     assert type(resolve_attention_backend("torch", cpu, torch.float32)) is TorchBackend
-    assert type(resolve_attention_backend("auto", cpu, torch.bfloat16)) is TorchBackend
     if cpu_decode.is_available():
         assert type(resolve_attention_backend("auto", cpu, torch.float32)) is CpuBackend
+    for half in (torch.bfloat16, torch.float16):
+        assert type(resolve_attention_backend("auto", cpu, half)) is TorchBackend
     with pytest.raises(ValueError, match="unknown attention backend"):
         resolve_attention_backend("magic", cpu, torch.float32)
 

@@ -1,5 +1,6 @@
 """Prefix caching, n>1 on shared blocks, seeds, and preemption, through the real engine on a
-tiny random-weight Llama."""
+tiny random-weight Llama (with its float32 KV cache, and the ones that share a cache or
+recompute it again with a bf16 cache)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import pytest
 from triode.engine import LLM, SamplingParams
 
 
-@pytest.fixture(scope="module")
-def llm(tiny_folder):
-    return LLM(model=str(tiny_folder), block_size=4, num_kv_blocks=128)
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def llm(tiny_folder, request):
+    return LLM(
+        model=str(tiny_folder), block_size=4, num_kv_blocks=128, kv_cache_dtype=request.param
+    )
 
 
 def gen(llm, prompt, params):
@@ -74,21 +77,24 @@ def test_n_samples_are_indexed_and_reproducible_from_seed_plus_index(llm):
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1
 
 
-def roomy_and_tight(folder, prompts, params, tight_blocks):
+def roomy_and_tight(folder, prompts, params, tight_blocks, kv_cache_dtype="auto"):
     """Token ids from an engine with room for everything and from one that must preempt."""
     runs = []
     for num_blocks in (256, tight_blocks):
-        llm = LLM(model=str(folder), block_size=4, num_kv_blocks=num_blocks)
+        llm = LLM(
+            model=str(folder), block_size=4, num_kv_blocks=num_blocks, kv_cache_dtype=kv_cache_dtype
+        )
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         runs.append(([o.outputs[0].token_ids for o in outs], llm.engine.scheduler.num_preemptions))
     return runs
 
 
-def test_preempted_requests_resume_with_identical_tokens(tiny_folder):
+@pytest.mark.parametrize("kv_cache_dtype", ["float32", "bfloat16"])
+def test_preempted_requests_resume_with_identical_tokens(tiny_folder, kv_cache_dtype):
     prompts = [list(range(1000 + 50 * i, 1000 + 50 * i + 20 + 3 * i)) for i in range(6)]
     params = SamplingParams(temperature=0, max_tokens=20)
     (want, roomy_preemptions), (got, tight_preemptions) = roomy_and_tight(
-        tiny_folder, prompts, params, tight_blocks=24
+        tiny_folder, prompts, params, tight_blocks=24, kv_cache_dtype=kv_cache_dtype
     )
     assert tight_preemptions > 0
     assert roomy_preemptions == 0
