@@ -62,9 +62,12 @@ class EngineConfig:
     kv_cache_memory_gib: float = 4.0
     """Memory for the KV cache, in GiB (on the CPU it is committed only as blocks are used)."""
     kv_cache_dtype: KVCacheDType = "auto"
-    """Data type of the KV cache: auto (--dtype), float32, bfloat16 or float16. A 16-bit cache
-    holds twice the blocks in the same memory; K/V are rounded to it when written, attention
-    runs in float32 over them."""
+    """Data type of the KV cache: auto (on the CPU float16 when every linear of the model is
+    quantized, as with a .gguf file or --quantization int8|int4: half the bytes for decode
+    attention to read; else --dtype, so float models keep exact float32 numbers), float32,
+    bfloat16 or float16. A 16-bit cache holds twice the blocks in the same memory; K/V are
+    rounded to it when written (float16: values past +-65504 become infinite), attention runs
+    in float32 over them."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of prompt prefixes that earlier requests computed."""
 

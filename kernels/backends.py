@@ -79,21 +79,12 @@ class TorchBackend(AttentionBackend):
         )
 
 
-# The C decode kernel's entry point per KV cache dtype (kernels/cpu/paged_decode.c).
-_CPU_DECODE_ENTRIES = {
-    torch.float32: "triode_paged_decode_f32",
-    torch.bfloat16: "triode_paged_decode_bf16",
-    torch.float16: "triode_paged_decode_f16",
-}
-
-
 def cpu_decode_reads(cache_dtype: torch.dtype) -> bool:
     """Whether the C decode kernel builds here and has an entry point for this cache dtype."""
     from triode.kernels import cpu_decode
 
     lib = cpu_decode.load_library()  # builds the C kernel (once per machine)
-    entry = _CPU_DECODE_ENTRIES.get(cache_dtype)
-    return lib is not None and entry is not None and hasattr(lib, entry)
+    return lib is not None and cache_dtype in cpu_decode.ENTRY_POINTS
 
 
 class CpuBackend(TorchBackend):

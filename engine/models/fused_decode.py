@@ -3,7 +3,8 @@ one C call (kernels/cpu/decode_step.c) instead of ~30 torch operations and 5 ker
 layer dispatched from Python.
 
 Used when every linear of the model holds quantized weights (the GGUF default, `--quantization
-int8|int4`), the attention backend is the C decode kernel's ("cpu": float32 caches) and each
+int8|int4`), the attention backend is the C decode kernel's ("cpu": float32, bfloat16 or
+float16 caches; the KV write rounds to the cache's dtype as torch's `.to` does) and each
 linear has a kernel for the step's row count (the direct kernel up to its calibrated rows;
 above that only where the AMX tile kernel exists, since the dense bf16 fallback is a torch
 GEMM). Decode rows take it always; a step with prompt chunks (or speculative verification
@@ -66,8 +67,9 @@ class FusedDecode:
             rope_cos=self._pointer(model.rope_cos),
             rope_sin=self._pointer(model.rope_sin),
             final_norm=self._pointer(model.norm.weight),
-            attention=function_address(attention.triode_paged_decode_f32),
+            attention=function_address(cpu_decode.decode_function(attention, k0.dtype)),
             split_heads=1,
+            kv_dtype=cpu_decode_step.KV_DTYPES[k0.dtype],
         )
         self.layers = (cpu_decode_step.Layer * cfg.num_layers)()
         for desc, layer, (k_cache, v_cache) in zip(self.layers, model.layers, kv_caches):
@@ -75,8 +77,8 @@ class FusedDecode:
             desc.post_norm = self._pointer(layer.post_norm.weight)
             for name in ("qkv", "o", "gate_up", "down"):
                 self._describe(getattr(desc, name), getattr(layer, name + "_proj"))
-            desc.k_cache = self._pointer(k_cache)
-            desc.v_cache = self._pointer(v_cache)
+            desc.k_cache = self._cache_pointer(k_cache, k0.dtype)
+            desc.v_cache = self._cache_pointer(v_cache, k0.dtype)
         self.refresh_row_limits()
         self.num_calls = 0
 
@@ -179,6 +181,12 @@ class FusedDecode:
             raise ValueError("the fused decode step takes contiguous float32 tensors")
         self._keep.append(tensor)
         return tensor.data_ptr()
+
+    def _cache_pointer(self, cache: torch.Tensor, dtype: torch.dtype) -> int:
+        if cache.dtype != dtype or not cache.is_contiguous():
+            raise ValueError("the fused step takes contiguous KV caches of one dtype")
+        self._keep.append(cache)
+        return cache.data_ptr()
 
     def _describe(self, desc: cpu_decode_step.Linear, linear: QuantLinear) -> None:
         calls = linear.direct_calls  # float32 or int8 activations, as calibration chose

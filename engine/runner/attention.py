@@ -26,18 +26,15 @@ def resolve_attention_backend(
     caches of that dtype, else planned torch. Building the C kernel happens here, at engine
     start, never when a config is read."""
     if choice == "cpu":
-        if cache_dtype != torch.float32:
-            raise ValueError("attention_backend 'cpu' takes a float32 KV cache (for now)")
         return CpuBackend(cache_dtype)
     if choice != "auto":
         return make_backend(choice)
     if device.type == "cuda":
         return make_backend("triton")
-    if cache_dtype == torch.float32:  # NOTE: 16-bit caches join once the fused step reads them
-        try:
-            return CpuBackend(cache_dtype)
-        except RuntimeError as exc:
-            logger.info("%s; attention runs in torch", exc)
+    try:
+        return CpuBackend(cache_dtype)
+    except RuntimeError as exc:
+        logger.info("%s; attention runs in torch", exc)
     return TorchBackend()
 
 

@@ -58,9 +58,19 @@ def test_caches_are_allocated_in_that_dtype_and_a_budget_holds_twice_the_blocks(
     assert half.kv_bytes_per_token * 2 == f32.kv_bytes_per_token
 
 
+def test_auto_is_float16_for_quantized_models_only(tiny_folder):
+    quantized = LLM(model=str(tiny_folder), quantization="int8", num_kv_blocks=8).engine.runner
+    assert quantized.kv_dtype == torch.float16  # every linear quantized: half the cache bytes
+    assert quantized.attention.name == "cpu"  # the C decode kernel reads it
+    pinned = LLM(
+        model=str(tiny_folder), quantization="int8", num_kv_blocks=8, kv_cache_dtype="float32"
+    )
+    assert pinned.engine.runner.kv_dtype == torch.float32
+
+
 @pytest.mark.slow
-def test_bf16_cache_generates_the_float32_cache_text_on_the_bundled_model(tokenizer):
-    """The bundled (GGUF) model's greedy text with a bf16 cache and a float32 one."""
+def test_default_16_bit_cache_generates_the_float32_cache_text_on_the_bundled_model(tokenizer):
+    """The bundled (GGUF) model's greedy text with its default cache (float16) and float32."""
     prompts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
@@ -69,8 +79,9 @@ def test_bf16_cache_generates_the_float32_cache_text_on_the_bundled_model(tokeni
     ]
     params = SamplingParams(temperature=0, max_tokens=32)
     texts = {}
-    for kv in ("float32", "bfloat16"):
+    for kv in ("float32", "auto"):
         llm = LLM(kv_cache_dtype=kv, num_kv_blocks=64, enable_prefix_caching=False)
-        assert llm.engine.runner.kv_caches[0][0].dtype == getattr(torch, kv)
+        expected = torch.float32 if kv == "float32" else torch.float16
+        assert llm.engine.runner.kv_caches[0][0].dtype == expected
         texts[kv] = [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=False)]
-    assert texts["bfloat16"] == texts["float32"], texts
+    assert texts["auto"] == texts["float32"], texts

@@ -25,7 +25,12 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def bundled_llm() -> LLM:
-    return LLM(enable_prefix_caching=False, num_kv_blocks=96, block_size=16)
+    # NOTE: a float32 cache: these tests compare the two paths' float32 numbers to 1e-4; with
+    # a 16-bit cache, values a float rounding apart may round to neighbouring 16-bit numbers
+    # (tests/kernels/test_decode_step_kv16.py compares the paths over 16-bit caches).
+    return LLM(
+        enable_prefix_caching=False, num_kv_blocks=96, block_size=16, kv_cache_dtype="float32"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +247,7 @@ def _linears(llm: LLM) -> list:
 def test_biased_qkv_models_match_the_module_path(qwen_folder, quantization):
     llm = LLM(
         str(qwen_folder), quantization=quantization, enable_prefix_caching=False,
-        num_kv_blocks=64, block_size=16,
+        num_kv_blocks=64, block_size=16, kv_cache_dtype="float32",
     )  # fmt: skip
     for lin in _linears(llm):  # float32 activations on both paths (see float_activations)
         lin.int8_activations = False
