@@ -129,3 +129,16 @@ def test_each_dtype_has_its_own_entry_point():
         torch.bfloat16: "triode_paged_decode_bf16",
         torch.float16: "triode_paged_decode_f16",
     }
+
+
+def test_the_benchmark_runs_every_dtype(capsys):
+    from triode.kernels import cpu_decode_bench
+
+    argv = "--sequences 3 --min-len 5 --max-len 40 --layers 2 --repeats 1 --threads 1"
+    threads = torch.get_num_threads()
+    try:
+        cpu_decode_bench.main(argv.split())
+    finally:
+        torch.set_num_threads(threads)  # main sets the process's thread count
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["float32", "bfloat16", "float16"]
