@@ -10,6 +10,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from tests.conftest import make_tiny_llama
 from tests.engine.helpers import generate_speculating
@@ -113,6 +114,8 @@ def test_greedy_output_is_identical_with_an_int8_copy_as_draft(
     )
     try:
         assert engine.proposer.runner.weights_info.method == "int8"
+        # kv_cache_dtype auto, as for a served model: a quantized draft's cache is float16.
+        assert engine.proposer.runner.kv_caches[0][0].dtype == torch.float16
         _check_identical(llm, without_speculation, min_acceptance=0.5)
     finally:
         engine.proposer = float_draft
