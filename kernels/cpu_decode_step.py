@@ -85,6 +85,7 @@ class Model(ctypes.Structure):
         ("attention", _ptr),
         ("split_heads", _i64),
         ("kv_dtype", _i64),
+        ("chunk_kernel", _i64),
     ]
 
 
@@ -101,6 +102,7 @@ def load_library() -> ctypes.CDLL | None:
     fn.argtypes = [
         ctypes.POINTER(Model), ctypes.POINTER(Layer), _ptr, _i64,  # model, layers, x, rows
         _ptr, _ptr, _ptr, _i64, _ptr,  # positions, slots, tables, table stride, seq lens
+        _ptr, _i64,  # prompt chunks as (first row, rows) pairs, number of chunks
     ]  # fmt: skip
     fn.restype = ctypes.c_int
     store = lib.triode_store_kv

@@ -1,11 +1,12 @@
-"""One forward step of given shapes on the module path and on the fused step, alternated in one
-process (issue 13: where the fused step should take prompt rows, and where not).
+"""One forward step of given shapes on the module path and on the fused step (its prompt chunks
+row by row through the decode kernel, or through the chunk kernel), alternated in one process
+(issue 13: where the fused step should take prompt rows, and how).
 
     python -m triode.load_tests.fused_step_bench [--num-threads 2] [--repeats 5]
 
 Each case is a step of decode rows (one new token after `c` cached ones) and prompt chunks
 (`n` new tokens after `start` cached ones) over the bundled model's KV cache (the cache holds
-zeros: attention costs the same whatever the values). Both paths run the same step from the
+zeros: attention costs the same whatever the values). All variants run the same step from the
 same cache state, alternately, `--repeats` times; the best of each is printed with the
 context positions the step's prompt rows read (what `FusedDecode.max_prompt_positions`
 bounds). The fused step is forced on for every case (its bound lifted) to show both sides.
@@ -34,6 +35,9 @@ CASES: dict[str, tuple[list[int], list[tuple[int, int]]]] = {
     "8 x 64 after 300": ([], [(300, 64)] * 8),
     "256 after 500": ([], [(500, 256)]),
     "2 x 256 after 256": ([], [(256, 256)] * 2),
+    "512 after 1500": ([], [(1500, 512)]),
+    "128 after 3000": ([], [(3000, 128)]),
+    "16 decodes (2000) + 256 after 2000": ([2000] * 16, [(2000, 256)]),
 }
 
 
@@ -75,30 +79,33 @@ def main() -> None:
     from triode.engine.models.fused_decode import FusedDecode
 
     llm = LLM(
-        enable_prefix_caching=False, num_kv_blocks=4000, block_size=16,
+        enable_prefix_caching=False, num_kv_blocks=6000, block_size=16,
         num_threads=args.num_threads,
     )  # fmt: skip
     runner = llm.engine.runner
     model = runner.model
     FusedDecode.max_prompt_positions = 1 << 62
     rng = random.Random(0)
-    print(f"{'step':34s} {'rows':>5s} {'read':>8s} {'module':>10s} {'fused':>10s} {'ratio':>6s}")
+    # (column, fused step on, its prompt chunks through the chunk kernel)
+    variants = [("module", False, 0), ("rows", True, 0), ("chunks", True, 1)]
+    header = "".join(f"{name:>10s}" for name, _, _ in variants)
+    print(f"{'step':34s} {'rows':>5s} {'read':>8s}{header} {'module/chunks':>14s}")
     with torch.inference_mode():
         for name, (decodes, chunks) in CASES.items():
             ids, positions, meta, read = _step(runner, decodes, chunks, rng)
-            best = {False: float("inf"), True: float("inf")}
+            best = {column: float("inf") for column, _, _ in variants}
             for _ in range(args.repeats):
-                for fused in (False, True):
+                for column, fused, chunk_kernel in variants:
                     model.fused_decode_enabled = fused
+                    if fused and model._fused is not None:
+                        model._fused[1].model_desc.chunk_kernel = chunk_kernel
                     start = time.perf_counter()
                     model(ids, positions, runner.kv_caches, meta)
-                    best[fused] = min(best[fused], time.perf_counter() - start)
+                    best[column] = min(best[column], time.perf_counter() - start)
             model.fused_decode_enabled = True
-            print(
-                f"{name:34s} {ids.numel():5d} {read:8d} {best[False] * 1e3:8.1f}ms "
-                f"{best[True] * 1e3:8.1f}ms {best[False] / best[True]:6.2f}",
-                flush=True,
-            )
+            times = "".join(f"{best[column] * 1e3:8.1f}ms" for column, _, _ in variants)
+            ratio = best["module"] / best["chunks"]
+            print(f"{name:34s} {ids.numel():5d} {read:8d}{times} {ratio:14.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ float16 caches; the KV write rounds to the cache's dtype as torch's `.to` does) 
 linear has a kernel for the step's row count (the direct kernel up to its calibrated rows;
 above that only where the AMX tile kernel exists, since the dense bf16 fallback is a torch
 GEMM). Decode rows take it always; a step with prompt chunks (or speculative verification
-rows) takes it while those rows read at most `max_prompt_positions` context positions in all,
-each row attending through the decode kernel to its context up to itself (past the bound,
-torch's SDPA on the module path computes a long chunk's attention faster). It calls the same
+rows) takes it while those rows read at most `max_prompt_positions` context positions in all:
+a chunk's rows attend causally to their contexts through the chunk kernel (flash-style, a
+block of rows and a tile of positions at a time; kernels/cpu/chunk_attention.h). It calls the same
 matmul and attention kernels the module path would for the same step; norms, RoPE and SiLU
 are C code whose sums may round differently from torch's (equal to float rounding; tested in
 tests/kernels/test_decode_step.py). Measured on the bundled model: BENCHMARKS.md, issues 13
@@ -33,12 +33,13 @@ from triode.kernels.cpu_quant import PreparedMatmul
 class FusedDecode:
     """The C description of one model over one set of KV caches, and the step call."""
 
-    # NOTE: a prompt row goes through the decode kernel, which reads its context row by row
-    # instead of computing a chunk's attention as a block as torch's SDPA does on the module
-    # path. Up to this many context positions read by a step's multi-token rows in all the
-    # fused step is still the faster one (a 512-token prompt: 131,328 positions, 1.98x; past
-    # ~160,000, e.g. 256 rows after 500 cached tokens, the two are even): BENCHMARKS.md.
-    max_prompt_positions = 131072
+    # NOTE: a step's prompt chunks run through the chunk kernel (kernels/cpu/chunk_attention.h,
+    # compute-bound like torch's SDPA on the module path, with the fused step's savings on
+    # everything else): measured faster than the module path at every shape tried, up to 512
+    # rows after 1,500 cached tokens (899,328 positions read, 2.55x; BENCHMARKS.md, issue 13).
+    # The bound only keeps an untried extreme (a long prompt chunk deep in a long context) on
+    # the module path.
+    max_prompt_positions = 1 << 22
 
     def __init__(self, model: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]):
         lib = cpu_decode_step.load_library()
@@ -70,6 +71,7 @@ class FusedDecode:
             attention=function_address(cpu_decode.decode_function(attention, k0.dtype)),
             split_heads=1,
             kv_dtype=cpu_decode_step.KV_DTYPES[k0.dtype],
+            chunk_kernel=1,
         )
         self.layers = (cpu_decode_step.Layer * cfg.num_layers)()
         for desc, layer, (k_cache, v_cache) in zip(self.layers, model.layers, kv_caches):
@@ -127,10 +129,11 @@ class FusedDecode:
         return positions <= self.max_prompt_positions
 
     def step(self, x: torch.Tensor, positions: torch.Tensor, attn: AttentionMetadata):
-        """Run the step's rows (one per new token) fused: a multi-token sequence (a prompt chunk
+        """Run the step's rows (one per new token) fused. A multi-token sequence (a prompt chunk
         or verification rows) becomes one row per token, each attending to the context up to and
-        including itself, over its sequence's block table. The KV writes of all rows of a layer
-        land before its attention, so a chunk's later rows see its earlier ones."""
+        including itself, over its sequence's block table; its rows go to the C step as one chunk
+        (kernels/cpu/chunk_attention.h). The KV writes of all rows of a layer land before its
+        attention, so a chunk's later rows see its earlier ones."""
         if attn.max_q_len == 1:
             return self(x, positions, attn.slot_mapping, attn.block_tables, attn.seq_lens)
         cu = attn.cu_seqlens_q.to(torch.int64)
@@ -139,7 +142,9 @@ class FusedDecode:
         offset = torch.arange(x.shape[0]) - cu[:-1][seq_of_row]
         lens = attn.seq_lens.to(torch.int64)[seq_of_row] - q_lens[seq_of_row] + 1 + offset
         tables = attn.block_tables.index_select(0, seq_of_row)
-        return self(x, positions, attn.slot_mapping, tables, lens)
+        multi = q_lens > 1
+        chunks = torch.stack((cu[:-1][multi], q_lens[multi]), dim=1)
+        return self(x, positions, attn.slot_mapping, tables, lens, chunks)
 
     def __call__(
         self,
@@ -148,14 +153,17 @@ class FusedDecode:
         slots: torch.Tensor,
         block_tables: torch.Tensor,
         seq_lens: torch.Tensor,
+        chunks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden states after the final norm for the rows' embeddings `x` [M, hidden]
-        (float32; overwritten in place and returned)."""
+        (float32; overwritten in place and returned). `chunks` [C, 2]: (first row, rows) of
+        each multi-token sequence, in row order; every other row is a decode row."""
         x = x.float().contiguous()
         positions = positions.to(torch.int64).contiguous()
         slots = slots.to(torch.int64).contiguous()
         tables = block_tables.to(torch.int32).contiguous()
         lens = seq_lens.to(torch.int32).contiguous()
+        pairs = (chunks if chunks is not None else torch.empty(0, 2)).to(torch.int64).contiguous()
         rows = x.shape[0]
         if not (positions.numel() == slots.numel() == lens.numel() == tables.shape[0] == rows):
             raise ValueError("the fused step takes one table row and length per token")
@@ -169,6 +177,8 @@ class FusedDecode:
             tables.data_ptr(),
             tables.stride(0),
             lens.data_ptr(),
+            pairs.data_ptr(),
+            pairs.shape[0],
         )
         if rc != 0:
             raise RuntimeError(f"the fused decode step failed (code {rc})")

@@ -74,7 +74,11 @@ typedef struct {
     void *attention; /* attention_fn */
     int64_t split_heads; /* fewer rows than threads: one attention call per (row, KV head) */
     int64_t kv_dtype;    /* KV_FLOAT32, KV_BFLOAT16 or KV_FLOAT16; `attention` reads that */
+    int64_t chunk_kernel; /* prompt chunks through chunk_attention.h (0: row by row, decode kernel) */
 } model_t;
+
+#include "chunk_attention.h"
+
 
 /* float32 -> bfloat16 bits, to nearest, ties to even; NaN -> 0x7FC0 (torch's c10::BFloat16).
  * Integer operations only: -ffast-math may not assume away a NaN test done on the bits. */
@@ -180,29 +184,86 @@ static void rope_row(float *v, int64_t heads, int64_t D, const float *cos, const
  * (a KV head's query group is a kernel call of its own: q, the caches and `out` offset to that
  * head, one KV head), so one sequence's context is read by every thread.
  */
-static int attention(const model_t *m, const layer_t *layer, const float *qkv, int64_t qkv_width,
-                     const int32_t *tables, int64_t bt_stride, const int32_t *seq_lens, int64_t M,
-                     const int64_t *index, float *out) {
+static int decode_attention(const model_t *m, const layer_t *layer, const float *qkv,
+                            int64_t qkv_width, const int32_t *tables, int64_t bt_stride,
+                            const int32_t *seq_lens, int64_t M, const int64_t *index,
+                            int64_t total_rows, float *out) {
     const attention_fn attend = (attention_fn)m->attention;
     const int64_t D = m->head_dim, q_size = m->num_heads * D;
     const int64_t group = m->num_heads / m->num_kv_heads;
-    if (!m->split_heads || M >= omp_get_max_threads() || m->num_kv_heads == 1)
+    if (!m->split_heads || total_rows >= omp_get_max_threads() || m->num_kv_heads == 1)
         return attend(qkv, qkv_width, D, layer->k_cache, layer->v_cache, m->stride_block,
                       m->stride_pos, m->stride_head, tables, bt_stride, index, index, seq_lens,
                       M, out, q_size, D, (int)m->num_heads, (int)m->num_kv_heads, (int)D,
                       (int)m->block_size, (float)m->scale);
+    static const int64_t first_item = 0; /* each call's q, tables and lens start at its row */
     const int64_t items = M * m->num_kv_heads;
     const int64_t head_bytes = m->stride_head * kv_element_size(m->kv_dtype);
     const char *k_cache = layer->k_cache, *v_cache = layer->v_cache;
     int rc = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : rc)
     for (int64_t i = 0; i < items; i++) {
-        const int64_t r = i / m->num_kv_heads, kh = i % m->num_kv_heads;
+        const int64_t r = index[i / m->num_kv_heads], kh = i % m->num_kv_heads;
         rc |= attend(qkv + r * qkv_width + kh * group * D, qkv_width, D,
                      k_cache + kh * head_bytes, v_cache + kh * head_bytes,
                      m->stride_block, m->stride_pos, m->stride_head, tables + r * bt_stride,
-                     bt_stride, index, index, seq_lens + r, 1, out + r * q_size + kh * group * D,
+                     bt_stride, &first_item, &first_item, seq_lens + r, 1,
+                     out + r * q_size + kh * group * D,
                      q_size, D, (int)group, 1, (int)D, (int)m->block_size, (float)m->scale);
+    }
+    return rc;
+}
+
+/*
+ * The step's attention: decode rows (and, without the chunk kernel, every row) through the
+ * decode kernel; the rows of each prompt chunk (chunks[2c] = first row, chunks[2c + 1] = rows,
+ * one sequence at consecutive positions) through chunk_attention.h, CHUNK_ROWS rows and one
+ * KV head per work item. `decode_rows` lists the rows outside every chunk (num_decode).
+ */
+static int attention(const model_t *m, const layer_t *layer, const float *qkv, int64_t qkv_width,
+                     const int32_t *tables, int64_t bt_stride, const int32_t *seq_lens, int64_t M,
+                     const int64_t *index, const int64_t *chunks, int64_t num_chunks,
+                     const int64_t *decode_rows, int64_t num_decode, float *out) {
+    if (!num_chunks || !m->chunk_kernel)
+        return decode_attention(m, layer, qkv, qkv_width, tables, bt_stride, seq_lens, M, index,
+                                M, out);
+    int rc = 0;
+    if (num_decode)
+        rc = decode_attention(m, layer, qkv, qkv_width, tables, bt_stride, seq_lens, num_decode,
+                              decode_rows, M, out);
+    if (rc) return rc;
+    const chunk_geometry_t geometry = {
+        .k_cache = layer->k_cache, .v_cache = layer->v_cache, .kv_dtype = m->kv_dtype,
+        .stride_block = m->stride_block, .stride_pos = m->stride_pos,
+        .stride_head = m->stride_head, .block_size = m->block_size, .head_dim = m->head_dim,
+        .group = m->num_heads / m->num_kv_heads, .scale = (float)m->scale,
+    };
+    const int64_t KVH = m->num_kv_heads, q_size = m->num_heads * m->head_dim;
+    int64_t items = 0;
+    for (int64_t c = 0; c < num_chunks; c++) items += (chunks[2 * c + 1] + CHUNK_ROWS - 1) / CHUNK_ROWS;
+    items *= KVH;
+    const int64_t work_floats = chunk_work_floats(&geometry);
+#pragma omp parallel reduction(| : rc)
+    {
+        float *work = malloc(sizeof(float) * work_floats);
+        if (!work) rc |= -100;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < items; i++) {
+            if (!work) continue;
+            /* item i: KV head i % KVH of the (i / KVH)-th block of CHUNK_ROWS rows, counting
+               the last (longest-context) blocks first so the big items start early */
+            int64_t block = items / KVH - 1 - i / KVH, c = 0;
+            while (block >= (chunks[2 * c + 1] + CHUNK_ROWS - 1) / CHUNK_ROWS) {
+                block -= (chunks[2 * c + 1] + CHUNK_ROWS - 1) / CHUNK_ROWS;
+                c++;
+            }
+            const int64_t first = chunks[2 * c] + block * CHUNK_ROWS;
+            const int64_t left = chunks[2 * c] + chunks[2 * c + 1] - first;
+            chunk_attention_item(&geometry, qkv, qkv_width, tables + first * bt_stride, seq_lens,
+                                 first, left < CHUNK_ROWS ? left : CHUNK_ROWS, i % KVH, out,
+                                 q_size, work);
+        }
+        free(work);
     }
     return rc;
 }
@@ -215,7 +276,8 @@ static int attention(const model_t *m, const layer_t *layer, const float *qkv, i
  */
 int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64_t M,
                         const int64_t *positions, const int64_t *slots, const int32_t *tables,
-                        int64_t bt_stride, const int32_t *seq_lens) {
+                        int64_t bt_stride, const int32_t *seq_lens, const int64_t *chunks,
+                        int64_t num_chunks) {
     const int64_t H = m->hidden, D = m->head_dim, I = m->intermediate;
     const int64_t q_size = m->num_heads * D, kv_size = m->num_kv_heads * D;
     const int64_t qkv_width = q_size + 2 * kv_size;
@@ -225,6 +287,11 @@ int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64
     const int64_t kv_elem = kv_element_size(m->kv_dtype);
     for (int64_t r = 0; r < M; r++)
         if (positions[r] < 0 || positions[r] >= m->max_positions) return -101;
+    for (int64_t c = 0, next = 0; c < num_chunks; c++) { /* in order, inside [0, M), >= 2 rows */
+        if (chunks[2 * c] < next || chunks[2 * c + 1] < 2 || chunks[2 * c] + chunks[2 * c + 1] > M)
+            return -101;
+        next = chunks[2 * c] + chunks[2 * c + 1];
+    }
     float *h = malloc(sizeof(float) * M * H);
     float *tmp = malloc(sizeof(float) * M * H);
     float *qkv = malloc(sizeof(float) * M * qkv_width);
@@ -232,12 +299,19 @@ int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64
     float *gate_up = malloc(sizeof(float) * M * 2 * I);
     float *act = malloc(sizeof(float) * M * I);
     int64_t *index = malloc(sizeof(int64_t) * M);
+    int64_t *decode_rows = malloc(sizeof(int64_t) * M);
     int rc = 0;
-    if (!h || !tmp || !qkv || !attn || !gate_up || !act || !index) {
+    if (!h || !tmp || !qkv || !attn || !gate_up || !act || !index || !decode_rows) {
         rc = -100;
         goto done;
     }
     for (int64_t r = 0; r < M; r++) index[r] = r;
+    int64_t num_decode = 0;
+    for (int64_t r = 0, c = 0; r < M; r++) {
+        if (c < num_chunks && r >= chunks[2 * c] + chunks[2 * c + 1]) c++;
+        if (c < num_chunks && r >= chunks[2 * c]) continue;
+        decode_rows[num_decode++] = r;
+    }
     const float eps = (float)m->eps;
 
     for (int64_t l = 0; l < m->num_layers; l++) {
@@ -258,7 +332,8 @@ int triode_llama_decode(const model_t *m, const layer_t *layers, float *x, int64
                 triode_store_kv(row + q_size + kv_size + kh * D, v_cache + offset, D, m->kv_dtype);
             }
         }
-        rc = attention(m, layer, qkv, qkv_width, tables, bt_stride, seq_lens, M, index, attn);
+        rc = attention(m, layer, qkv, qkv_width, tables, bt_stride, seq_lens, M, index, chunks,
+                       num_chunks, decode_rows, num_decode, attn);
         if (rc) goto done;
         if ((rc = run_linear(&layer->o, attn, M, tmp))) goto done;
         for (int64_t i = 0; i < M * H; i++) x[i] = x[i] + tmp[i];
@@ -283,5 +358,6 @@ done:
     free(gate_up);
     free(act);
     free(index);
+    free(decode_rows);
     return rc;
 }

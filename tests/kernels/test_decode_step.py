@@ -243,15 +243,42 @@ def _linears(llm: LLM) -> list:
     ]
 
 
+STEPS = {  # (cached tokens, new tokens) per sequence
+    "decode": ([3, 33, 17], [1, 1, 1]),
+    "prompt chunks": ([3, 0, 17, 40], [1, 20, 5, 37]),
+}
+
+
+@pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
-def test_biased_qkv_models_match_the_module_path(qwen_folder, quantization):
+def test_biased_qkv_models_match_the_module_path(qwen_folder, quantization, step):
     llm = LLM(
         str(qwen_folder), quantization=quantization, enable_prefix_caching=False,
         num_kv_blocks=64, block_size=16, kv_cache_dtype="float32",
     )  # fmt: skip
     for lin in _linears(llm):  # float32 activations on both paths (see float_activations)
         lin.int8_activations = False
-    module, fused, calls = _decode_both_ways(llm, [3, 33, 17])
+        lin.max_direct_rows = 64  # the direct kernel on both paths (tiles round to bf16)
+    context_lens, new_lens = STEPS[step]
+    module, fused, calls = _decode_both_ways(llm, context_lens, new_lens=new_lens)
+    assert calls > 0
+    _assert_same_step(module, fused)
+
+
+def test_odd_head_dim_prompt_chunks_match_the_module_path(tmp_path, bundled_folder):
+    """head_dim 24 (not a multiple of 16): the chunk kernel's portable path."""
+    folder = make_tiny_llama(
+        tmp_path / "tiny-hd24", bundled_folder, num_heads=6, num_kv_heads=2, head_dim=24,
+        num_layers=2,
+    )  # fmt: skip
+    llm = LLM(
+        str(folder), quantization="int8", enable_prefix_caching=False, num_kv_blocks=64,
+        block_size=16,
+    )  # fmt: skip
+    for lin in _linears(llm):
+        lin.int8_activations = False
+        lin.max_direct_rows = 64
+    module, fused, calls = _decode_both_ways(llm, [0, 21, 5], new_lens=[35, 18, 1])
     assert calls > 0
     _assert_same_step(module, fused)
 
