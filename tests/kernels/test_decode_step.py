@@ -273,7 +273,7 @@ def test_odd_head_dim_prompt_chunks_match_the_module_path(tmp_path, bundled_fold
     )  # fmt: skip
     llm = LLM(
         str(folder), quantization="int8", enable_prefix_caching=False, num_kv_blocks=64,
-        block_size=16,
+        block_size=16, kv_cache_dtype="float32",
     )  # fmt: skip
     for lin in _linears(llm):
         lin.int8_activations = False
