@@ -75,7 +75,7 @@ class EngineConfig:
     """Sequences in one batch, at most."""
     max_num_batched_tokens: int = 512
     """Tokens in one step (prompt chunks plus decode tokens), at most."""
-    prefill_tokens_per_request: float = 4.0
+    prefill_tokens_per_request: float = 2.0
     """While requests are decoding, a step carries at most this many prompt tokens per
     unfinished request (running or waiting), and at least --min-prefill-tokens: a few new
     prompts then barely lengthen the running streams' gaps between tokens, while a long queue

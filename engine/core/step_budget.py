@@ -2,28 +2,30 @@
 
 Every running request that decodes waits for the whole step, so the prompt chunks a step
 carries are paid by each decoding stream as a longer gap between two tokens (measured on the
-bundled model, 2 cores: a step of 16 decodes takes 30 ms; with 64 prompt tokens 59 ms, with
-500 about 300 ms). When a few new requests arrive beside running streams, as when a batch of
-equal-length requests finishes together and the clients send the next ones, one step full of
-their prompts is the longest gap those streams see (the fixed workload's ITL p99).
+bundled model, 2 cores, fused step: 16 decodes take 16 ms; with 64 prompt tokens beside them
+34 ms, with 2 x 100 66 ms). When a few new requests arrive beside running streams, as when a
+batch of equal-length requests finishes together and the clients send the next ones, one step
+full of their prompts is the longest gap those streams see (the fixed workload's ITL p99).
 
 NOTE (the cap chosen): while at least one request is decoding, a step takes at most
 max(`min_prefill_tokens`, `prefill_tokens_per_request` x unfinished requests (running or
 waiting), queued prompt tokens / QUEUE_DRAIN_STEPS) prompt tokens. So
 - a few arrivals beside many streams are prefilled in small chunks over a few steps, each
-  step only a little slower than a decode-only one (17 requests at 4 per request: 68 tokens,
-  a 100-token prompt in 2 steps of ~60 ms instead of one of ~90; 2 per request measured no
-  lower ITL p99 once decode-only steps took the fused path, at 0.89x the throughput);
+  step only a little slower than a decode-only one (17 requests at 2 per request: 34 tokens,
+  a 100-token prompt in 3 steps). Served, 2 per request against 4 (BENCHMARKS.md, issue 13,
+  after prompt chunks joined the fused step): fixed workload 1.04-1.07x the throughput and
+  ITL p99 61-63 vs 82 ms; mixed workload 1.03x. (Before, with prompt steps on the module path,
+  2 per request cost 11% of the fixed workload's throughput, and the default was 4.)
 - a long queue of prompts (128 requests at once) still gets the whole `max_num_batched_tokens`
   (its tokens / 8 exceed it): what those requests wait for is the prefill, and throttling it
   would delay more users than it spares; the same term spreads a clump of arrivals over at
   most 8 steps, so their first tokens do not wait behind many small steps;
 - with no decode in the step the cap does not apply (nobody's next token waits for it).
-A cap in prompt tokens, not in time: a step carrying prompt chunks runs the general (module)
-path, whose cost per prompt token does not change when decode-only steps take the fused path;
-a token count keeps that step's length where it was measured. The floor keeps a chunk worth
-a step's fixed cost when very few requests run. Candidates measured against it (a flat cap
-per unfinished request alone, a lift while more requests wait than decode): BENCHMARKS.md.
+A cap in prompt tokens, not in time: a step's cost grows with its prompt tokens about
+linearly at these sizes, so a count keeps that step's length, which is what the streams feel,
+where it was measured. The floor keeps a chunk worth a step's fixed cost when very few
+requests run. Candidates measured against it (a flat cap per unfinished request alone, a
+lift while more requests wait than decode): BENCHMARKS.md.
 Prompts are still chunked, decodes still go first (running requests are scheduled before
 waiting ones, and none mid-prompt is ahead of a decoding one), priorities and preemption are
 unchanged; `prefill_tokens_per_request = 0` turns the cap off.
