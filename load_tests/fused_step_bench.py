@@ -38,6 +38,10 @@ CASES: dict[str, tuple[list[int], list[tuple[int, int]]]] = {
     "512 after 1500": ([], [(1500, 512)]),
     "128 after 3000": ([], [(3000, 128)]),
     "16 decodes (2000) + 256 after 2000": ([2000] * 16, [(2000, 256)]),
+    # steps as the mixed workload's (128 prompts of 16-512 tokens at once) with prompts in them
+    "14 decodes (400) + 200, 150, 148": ([400] * 14, [(0, 200), (0, 150), (0, 148)]),
+    "14 decodes (400) + 212 after 300, 286": ([400] * 14, [(300, 212), (0, 286)]),
+    "109 decodes (300) + 313 after 100": ([300] * 109, [(100, 313)]),
 }
 
 
@@ -72,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--kv-cache-dtype", default="auto")
     args = parser.parse_args()
     import torch
 
@@ -80,7 +85,7 @@ def main() -> None:
 
     llm = LLM(
         enable_prefix_caching=False, num_kv_blocks=6000, block_size=16,
-        num_threads=args.num_threads,
+        num_threads=args.num_threads, kv_cache_dtype=args.kv_cache_dtype,
     )  # fmt: skip
     runner = llm.engine.runner
     model = runner.model

@@ -136,6 +136,19 @@ static inline void chunk_load_row(const void *cache, int64_t kv_dtype, int64_t o
         return;
     }
     const uint16_t *src = (const uint16_t *)cache + offset;
+    int64_t d = 0;
+#if defined(__AVX512F__)
+    for (; d + 16 <= D; d += 16) { /* 16 elements a vector (the plain loops are scalar) */
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(src + d));
+        const __m512 wide =
+            kv_dtype == 1 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))
+                          : _mm512_cvtph_ps(bits);
+        _mm512_storeu_ps(dst + d, wide);
+    }
+#endif
+    src += d;
+    dst += d;
+    D -= d;
     if (kv_dtype == 1) {
         for (int64_t d = 0; d < D; d++) {
             const uint32_t u = (uint32_t)src[d] << 16;
