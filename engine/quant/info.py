@@ -19,7 +19,7 @@ class WeightsInfo:
     """Plain data (it crosses the engine boundary)."""
 
     method: str  # "none" (float weights), "gguf" (the file's own blocks), "int8", "int4", "fp8"
-    dtype: str  # activations, KV cache, and float weights
+    dtype: str  # activations and float weights (the KV cache: EngineConfig.kv_cache_dtype)
     num_parameters: int
     weight_bytes: int  # resident bytes of every weight, tied ones counted once
     # Weight tensors per storage format, e.g. {"int4 g32 +offset": 210, "float32": 61}.
