@@ -10,9 +10,10 @@ above that only where the AMX tile kernel exists, since the dense bf16 fallback 
 GEMM). Decode rows take it always; a step with prompt chunks (or speculative verification
 rows) takes it while those rows read at most `max_prompt_positions` context positions in all:
 a chunk's rows attend causally to their contexts through the chunk kernel (flash-style, a
-block of rows and a tile of positions at a time; kernels/cpu/chunk_attention.h). It calls the same
-matmul and attention kernels the module path would for the same step; norms, RoPE and SiLU
-are C code whose sums may round differently from torch's (equal to float rounding; tested in
+block of rows and a tile of positions at a time; kernels/cpu/chunk_attention.h). It calls the
+same matmul kernels as the module path, and for decode rows the same attention kernel; norms,
+RoPE, SiLU and the chunk kernel are C code whose sums may round differently from torch's
+(equal to float rounding; tested in
 tests/kernels/test_decode_step.py). Measured on the bundled model: BENCHMARKS.md, issues 13
 and 14.
 """
