@@ -25,6 +25,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv_elements.h"
+
 #define CHUNK_ROWS 16 /* query rows per work item */
 #define TILE 16       /* cache positions per step: one 512-bit vector of float32 scores */
 #define NO_MAX (-1e30f)
@@ -105,58 +107,17 @@ static inline void chunk_tile_avx512(const float *q, const float *kt, const floa
 }
 #endif
 
-/* IEEE half bits -> float (subnormals, inf and NaN kept). */
-static inline float chunk_half_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
-    if (exp == 0x1fu) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else if (exp) {
-        bits = sign | ((exp + 112u) << 23) | (mant << 13);
-    } else if (!mant) {
-        bits = sign;
-    } else { /* subnormal: mant * 2^-24; normalize so bit 10 is the leading one */
-        uint32_t e = 0;
-        while (!(mant & 0x400u)) {
-            mant <<= 1;
-            e++;
-        }
-        bits = sign | ((113u - e) << 23) | ((mant & 0x3ffu) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-/* dst[0..D) = the cache's D elements at element `offset`, widened to float32. */
+/* dst[0..D) = the cache's D elements at element `offset`, widened to float32 (kv_elements.h:
+ * the decode kernel's own loads, 16 at a time where AVX-512 is there). */
 static inline void chunk_load_row(const void *cache, int64_t kv_dtype, int64_t offset, float *dst,
                                   int64_t D) {
-    if (kv_dtype == 0) {
-        memcpy(dst, (const float *)cache + offset, sizeof(float) * D);
-        return;
-    }
-    const uint16_t *src = (const uint16_t *)cache + offset;
+    const int kind = (int)kv_dtype;
+    const char *row = kv_at(cache, offset, kind);
     int64_t d = 0;
 #if defined(__AVX512F__)
-    for (; d + 16 <= D; d += 16) { /* 16 elements a vector (the plain loops are scalar) */
-        const __m256i bits = _mm256_loadu_si256((const __m256i *)(src + d));
-        const __m512 wide =
-            kv_dtype == 1 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16))
-                          : _mm512_cvtph_ps(bits);
-        _mm512_storeu_ps(dst + d, wide);
-    }
+    for (; d + 16 <= D; d += 16) _mm512_storeu_ps(dst + d, kv_load16(row, d, kind));
 #endif
-    src += d;
-    dst += d;
-    D -= d;
-    if (kv_dtype == 1) {
-        for (int64_t d = 0; d < D; d++) {
-            const uint32_t u = (uint32_t)src[d] << 16;
-            memcpy(dst + d, &u, sizeof u);
-        }
-    } else {
-        for (int64_t d = 0; d < D; d++) dst[d] = chunk_half_to_float(src[d]);
-    }
+    for (; d < D; d++) dst[d] = kv_load1(row, d, kind);
 }
 
 typedef struct {
